@@ -1,0 +1,55 @@
+"""Errors the CA raises on purpose.
+
+Each carries an HTTP status, a stable ``type`` slug and a ``detail`` that is safe to show to
+the caller; the web layer turns them into RFC 9457 problem+json without knowing the cases.
+Programming mistakes stay ``ValueError``/``TypeError`` and surface as 500s.
+"""
+
+from __future__ import annotations
+
+
+class CAError(Exception):
+    """Base of the CA's expected failures."""
+
+    status: int = 400
+    type: str = "ca/error"
+    title: str = "Certificate authority error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.detail!r})"
+
+
+class NotFound(CAError):
+    status = 404
+    type = "ca/not-found"
+    title = "Not found"
+
+
+class Conflict(CAError):
+    status = 409
+    type = "ca/conflict"
+    title = "Conflict"
+
+
+class Forbidden(CAError):
+    status = 403
+    type = "ca/forbidden"
+    title = "Forbidden"
+
+
+class InvalidRequest(CAError):
+    status = 422
+    type = "ca/invalid-request"
+    title = "Invalid request"
+
+
+class AuditChainBroken(CAError):
+    """The audit log no longer proves its own integrity; operators must investigate."""
+
+    status = 500
+    type = "ca/audit-chain-broken"
+    title = "Audit chain broken"
