@@ -43,11 +43,15 @@ class HsmEllipticCurvePrivateKey(ec.EllipticCurvePrivateKey):
         assert isinstance(pub, ec.EllipticCurvePublicKey)
         self._public = pub
 
-    def sign(self, data: bytes, signature_algorithm: ec.EllipticCurveSignatureAlgorithm) -> bytes:
+    def sign(
+        self,
+        data: bytes | bytearray | memoryview,
+        signature_algorithm: ec.EllipticCurveSignatureAlgorithm,
+    ) -> bytes:
         if not isinstance(signature_algorithm, ec.ECDSA):
             raise HsmUnsupported("only ECDSA signatures are supported")
         hash_alg, prehashed = _hash_alg(signature_algorithm.algorithm)
-        digest = data if prehashed else hash_alg.digest(data)
+        digest = bytes(data) if prehashed else hash_alg.digest(bytes(data))
         return self.manager.sign_digest(self.ref, digest, hash_alg, SignScheme.ECDSA)
 
     def public_key(self) -> ec.EllipticCurvePublicKey:
@@ -89,12 +93,12 @@ class HsmRsaPrivateKey(rsa.RSAPrivateKey):
 
     def sign(
         self,
-        data: bytes,
+        data: bytes | bytearray | memoryview,
         padding_: padding.AsymmetricPadding,
-        algorithm: hashes.HashAlgorithm | Prehashed,
+        algorithm: hashes.HashAlgorithm | Prehashed | Any,
     ) -> bytes:
         hash_alg, prehashed = _hash_alg(algorithm)
-        digest = data if prehashed else hash_alg.digest(data)
+        digest = bytes(data) if prehashed else hash_alg.digest(bytes(data))
         if isinstance(padding_, padding.PKCS1v15):
             scheme = SignScheme.RSA_PKCS1V15
         elif isinstance(padding_, padding.PSS):

@@ -51,7 +51,10 @@ _PSS_PARAMS = {
     HashAlg.SHA384: (Mechanism.SHA384, MGF.SHA384),
     HashAlg.SHA512: (Mechanism.SHA512, MGF.SHA512),
 }
-_CURVE_OIDS = {"1.2.840.10045.3.1.7": KeyAlgorithm.ECDSA_P256, "1.3.132.0.34": KeyAlgorithm.ECDSA_P384}
+_CURVE_OIDS = {
+    "1.2.840.10045.3.1.7": KeyAlgorithm.ECDSA_P256,
+    "1.3.132.0.34": KeyAlgorithm.ECDSA_P384,
+}
 _CURVES: dict[KeyAlgorithm, ec.EllipticCurve] = {
     KeyAlgorithm.ECDSA_P256: ec.SECP256R1(),
     KeyAlgorithm.ECDSA_P384: ec.SECP384R1(),
@@ -130,8 +133,13 @@ class Pkcs11KeyManager:
             except p11x.UserAlreadyLoggedIn:
                 # Login state is per application: another session already logged us in.
                 session = self._token.open(rw=True)
-        except (p11x.PinIncorrect, p11x.PinLocked, p11x.PinExpired, p11x.PinInvalid,
-                p11x.PinLenRange) as exc:
+        except (
+            p11x.PinIncorrect,
+            p11x.PinLocked,
+            p11x.PinExpired,
+            p11x.PinInvalid,
+            p11x.PinLenRange,
+        ) as exc:
             raise HsmAuthError(
                 f"token {self.token_label!r} refused the user PIN ({type(exc).__name__})"
             ) from exc
@@ -185,8 +193,9 @@ class Pkcs11KeyManager:
             except _LOST_SESSION as exc:
                 if attempt == 2:
                     raise HsmUnavailable(f"HSM session lost: {type(exc).__name__}") from exc
-                if isinstance(exc, (p11x.UserNotLoggedIn, p11x.TokenNotPresent,
-                                    p11x.DeviceRemoved)):
+                if isinstance(
+                    exc, (p11x.UserNotLoggedIn, p11x.TokenNotPresent, p11x.DeviceRemoved)
+                ):
                     self._drop_all()
             except HsmError:
                 raise
@@ -235,13 +244,22 @@ class Pkcs11KeyManager:
                 Attribute.UNWRAP: False,
                 Attribute.DERIVE: False,
             }
-            public_template = {Attribute.TOKEN: True, Attribute.VERIFY: True,
-                               Attribute.ENCRYPT: False, Attribute.WRAP: False}
+            public_template = {
+                Attribute.TOKEN: True,
+                Attribute.VERIFY: True,
+                Attribute.ENCRYPT: False,
+                Attribute.WRAP: False,
+            }
             caps = MechanismFlag.SIGN | MechanismFlag.VERIFY
             if algorithm.is_rsa:
                 pub, _priv = session.generate_keypair(
-                    KeyType.RSA, algorithm.rsa_bits, id=key_id, label=label, store=True,
-                    capabilities=caps, public_template=public_template,
+                    KeyType.RSA,
+                    algorithm.rsa_bits,
+                    id=key_id,
+                    label=label,
+                    store=True,
+                    capabilities=caps,
+                    public_template=public_template,
                     private_template=private_template,
                 )
             else:
@@ -251,8 +269,12 @@ class Pkcs11KeyManager:
                     local=True,
                 )
                 pub, _priv = params.generate_keypair(
-                    id=key_id, label=label, store=True, capabilities=caps,
-                    public_template=public_template, private_template=private_template,
+                    id=key_id,
+                    label=label,
+                    store=True,
+                    capabilities=caps,
+                    public_template=public_template,
+                    private_template=private_template,
                 )
             return KeyRef(key_id, label, algorithm, _public_key_der(pub, algorithm))
 
@@ -309,8 +331,14 @@ class Pkcs11KeyManager:
             priv = _find_private(session, key_id=key.key_id)
             if priv is None:
                 raise HsmKeyNotFound(f"no private key with id {key.key_id_hex}")
-            names = ("SENSITIVE", "EXTRACTABLE", "ALWAYS_SENSITIVE", "NEVER_EXTRACTABLE",
-                     "TOKEN", "PRIVATE")
+            names = (
+                "SENSITIVE",
+                "EXTRACTABLE",
+                "ALWAYS_SENSITIVE",
+                "NEVER_EXTRACTABLE",
+                "TOKEN",
+                "PRIVATE",
+            )
             return {n.lower(): bool(priv[getattr(Attribute, n)]) for n in names}
 
         result: dict[str, bool] = self._run(op)
@@ -353,7 +381,11 @@ class Pkcs11KeyManager:
         if scheme is SignScheme.ECDSA:
             mechanism, param, data = Mechanism.ECDSA, None, digest
         elif scheme is SignScheme.RSA_PKCS1V15:
-            mechanism, param, data = Mechanism.RSA_PKCS, None, _DIGEST_INFO_PREFIX[hash_alg] + digest
+            mechanism, param, data = (
+                Mechanism.RSA_PKCS,
+                None,
+                _DIGEST_INFO_PREFIX[hash_alg] + digest,
+            )
         else:
             hash_mech, mgf = _PSS_PARAMS[hash_alg]
             mechanism, param, data = Mechanism.RSA_PKCS_PSS, (hash_mech, mgf, len(digest)), digest
@@ -406,7 +438,8 @@ class Pkcs11KeyManager:
                 slot_description=slot.slot_description,
                 token_label=token.label,
                 token_model=token.model,
-                token_serial=token.serial.decode() if isinstance(token.serial, bytes)
+                token_serial=token.serial.decode()
+                if isinstance(token.serial, bytes)
                 else str(token.serial),
                 mechanisms=tuple(mechs),
             )
@@ -430,7 +463,9 @@ def _find_private(session: Any, *, key_id: bytes | None = None, label: str | Non
 def _key_ref(session: Any, priv: Any) -> KeyRef:
     key_id = bytes(priv[Attribute.ID])
     label = str(priv[Attribute.LABEL])
-    pubs = list(session.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.ID: key_id}))
+    pubs = list(
+        session.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.ID: key_id})
+    )
     if not pubs:
         raise HsmUnsupported(f"key {key_id.hex()} has no public key object")
     pub = pubs[0]

@@ -73,8 +73,11 @@ def token_exists(conf: Path, label: str) -> bool:
         text=True,
         check=False,
     )
-    labels = [line.split(":", 1)[1].strip() for line in out.stdout.splitlines()
-              if line.strip().startswith("Label:")]
+    labels = [
+        line.split(":", 1)[1].strip()
+        for line in out.stdout.splitlines()
+        if line.strip().startswith("Label:")
+    ]
     return label in labels
 
 
@@ -83,13 +86,24 @@ def init_token(conf: Path, label: str, so_pin: str, user_pin: str) -> None:
     if token_exists(conf, label):
         raise HsmError(f"a SoftHSM token labelled {label!r} already exists")
     proc = subprocess.run(
-        [_util(), "--init-token", "--free", "--label", label, "--so-pin", so_pin,
-         "--pin", user_pin],
+        [
+            _util(),
+            "--init-token",
+            "--free",
+            "--label",
+            label,
+            "--so-pin",
+            so_pin,
+            "--pin",
+            user_pin,
+        ],
         env={**os.environ, "SOFTHSM2_CONF": str(conf)},
         capture_output=True,
         text=True,
         check=False,
     )
     if proc.returncode != 0:
-        raise HsmError(f"softhsm2-util could not initialise token {label!r}: "
-                       f"{proc.stderr.strip() or proc.stdout.strip()}")
+        raise HsmError(
+            f"softhsm2-util could not initialise token {label!r}: "
+            f"{proc.stderr.strip() or proc.stdout.strip()}"
+        )

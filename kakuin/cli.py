@@ -1,0 +1,237 @@
+"""The ``kakuin`` command: key ceremony, serving, HSM self-test, and the packages' groups."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+from functools import cached_property
+from typing import Any
+
+import click
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+
+from ca import ceremony
+from ca.cli import audit_group, db_group
+from ca.errors import CAError
+from ca.profiles import load_profiles
+from ca.store import Store, upgrade
+from hsm.api import HashAlg, KeyAlgorithm, SignScheme
+from hsm.errors import HsmError, HsmKeyNotFound
+from kakuin.services import (
+    HEALTHCHECK_KEY_LABEL,
+    Services,
+    ceremony_plan,
+    make_key_manager,
+    prepare_softhsm_token,
+)
+from kakuin.settings import Settings, SettingsError, load_settings
+
+
+class Context:
+    """Lazily built services, so ``kakuin --help`` needs no HSM or database."""
+
+    def __init__(self, home: str | None) -> None:
+        self.home = home
+
+    @cached_property
+    def settings(self) -> Settings:
+        return load_settings(self.home)
+
+    @property
+    def database_url(self) -> str:
+        return self.settings.database_url
+
+    @cached_property
+    def store(self) -> Store:
+        return Store(self.settings.database_url)
+
+
+class KakuinGroup(click.Group):
+    """Turns the expected failures into one clear line and exit code 1, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (CAError, HsmError, SettingsError) as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=KakuinGroup)
+@click.option(
+    "--home",
+    envvar="KAKUIN_HOME",
+    default="var",
+    show_default=True,
+    help="Home directory: settings, SQLite database, SoftHSM token, published PKI.",
+)
+@click.pass_context
+def main(ctx: click.Context, home: str) -> None:
+    """kakuin: e-seal certificate authority and sealing service."""
+    ctx.obj = Context(home)
+
+
+main.add_command(db_group)
+main.add_command(audit_group)
+
+
+@main.command()
+@click.pass_obj
+def init(obj: Context) -> None:
+    """Key ceremony: token, CA keys and certificates, published under HOME/pki."""
+    settings = obj.settings
+    settings.home.mkdir(parents=True, exist_ok=True)
+    os.chmod(settings.home, 0o700)
+    if settings.hsm.is_softhsm and prepare_softhsm_token(settings):
+        click.echo(
+            f"created SoftHSM token {settings.hsm.token_label!r} under {settings.home / 'softhsm'}"
+        )
+    upgrade(settings.database_url)
+    keys = make_key_manager(settings)
+    plan = ceremony_plan(settings)
+    result = ceremony.run(obj.store, keys, plan, load_profiles(settings.profiles_dir))
+    try:
+        keys.find(label=HEALTHCHECK_KEY_LABEL)
+    except HsmKeyNotFound:
+        keys.generate(KeyAlgorithm.ECDSA_P256, HEALTHCHECK_KEY_LABEL)
+    for label, cert in (
+        ("root CA", result.root),
+        ("issuing CA", result.issuing),
+        ("OCSP responder", result.ocsp),
+        ("TSA", result.tsa),
+    ):
+        click.echo(f"{label:15} {cert.subject.rfc4514_string()}  serial {cert.serial_number:x}")
+    click.echo(f"published {len(result.files)} files under {plan.pki_dir}")
+
+
+@main.command()
+@click.option("--host", default=None, help="Listen address (default from settings).")
+@click.option("--port", default=None, type=int, help="Listen port (default from settings).")
+@click.option("--workers", default=None, type=int, help="gunicorn worker processes.")
+@click.pass_obj
+def serve(obj: Context, host: str | None, port: int | None, workers: int | None) -> None:
+    """Serve the HTTP API under gunicorn; each worker opens PKCS#11 after fork."""
+    from gunicorn.app.base import BaseApplication
+
+    from kakuin.app import create_app
+
+    settings = obj.settings
+    svc = Services.build(settings)
+    app = create_app(settings, svc)
+    options = {
+        "bind": f"{host or settings.host}:{port or settings.port}",
+        "workers": workers or settings.workers,
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": settings.log_level.lower(),
+        "timeout": 60,
+        "post_fork": lambda _server, _worker: svc.after_fork(),
+    }
+
+    class Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            return app
+
+    Server().run()
+
+
+@main.group("hsm")
+def hsm_group() -> None:
+    """HSM inspection."""
+
+
+@hsm_group.command("selftest")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def hsm_selftest(obj: Context, as_json: bool) -> None:
+    """Module, token, mechanisms and keys, then a test signature verified in software."""
+    keys = make_key_manager(obj.settings)
+    info = keys.info()
+    refs = keys.keys()
+    report: dict[str, Any] = {
+        "module": info.module,
+        "manufacturer": info.manufacturer,
+        "library": info.library_description,
+        "slot": info.slot_description,
+        "token": {
+            "label": info.token_label,
+            "model": info.token_model,
+            "serial": info.token_serial,
+        },
+        "mechanisms": list(info.mechanisms),
+        "keys": [
+            {"label": r.label, "id": r.key_id_hex, "algorithm": r.algorithm.value} for r in refs
+        ],
+    }
+    ref = next((r for r in refs if r.label == HEALTHCHECK_KEY_LABEL), None) or (
+        refs[0] if refs else None
+    )
+    if ref is None:
+        report["signature"] = {"ok": False, "error": "no keys on the token; run kakuin init"}
+    else:
+        hash_alg = ref.algorithm.default_hash
+        digest = hash_alg.digest(secrets.token_bytes(32))
+        scheme = SignScheme.RSA_PSS if ref.algorithm.is_rsa else SignScheme.ECDSA
+        sig = keys.sign_digest(ref, digest, hash_alg, scheme)
+        _verify(ref.public_key_der, sig, digest, hash_alg, scheme)
+        report["signature"] = {
+            "ok": True,
+            "key": ref.label,
+            "scheme": scheme.value,
+            "hash": hash_alg.value,
+        }
+    if as_json:
+        click.echo(json.dumps(report, ensure_ascii=False, indent=2))
+        return
+    click.echo(f"module      {report['module']} ({report['manufacturer']}, {report['library']})")
+    click.echo(f"slot        {report['slot']}")
+    click.echo(
+        f"token       {info.token_label} (model {info.token_model}, serial {info.token_serial})"
+    )
+    click.echo(f"mechanisms  {len(info.mechanisms)}: {', '.join(info.mechanisms[:12])} ...")
+    click.echo(f"keys        {len(refs)}")
+    for r in refs:
+        click.echo(f"  {r.label:32} {r.algorithm.value:11} id {r.key_id_hex}")
+    sig_report = report["signature"]
+    if sig_report["ok"]:
+        click.echo(
+            f"signature   OK ({sig_report['scheme']}/{sig_report['hash']} with "
+            f"{sig_report['key']}, verified in software)"
+        )
+    else:
+        click.echo(f"signature   FAILED: {sig_report['error']}")
+        sys.exit(1)
+
+
+def _verify(spki: bytes, sig: bytes, digest: bytes, hash_alg: HashAlg, scheme: SignScheme) -> None:
+    public = serialization.load_der_public_key(spki)
+    chosen = {"sha256": hashes.SHA256(), "sha384": hashes.SHA384(), "sha512": hashes.SHA512()}[
+        hash_alg.value
+    ]
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        public.verify(sig, digest, ec.ECDSA(Prehashed(chosen)))
+    elif isinstance(public, rsa.RSAPublicKey):
+        pad: padding.AsymmetricPadding = (
+            padding.PSS(padding.MGF1(chosen), padding.PSS.DIGEST_LENGTH)
+            if scheme is SignScheme.RSA_PSS
+            else padding.PKCS1v15()
+        )
+        public.verify(sig, digest, pad, Prehashed(chosen))
+
+
+@main.command("paths", hidden=True)
+@click.pass_obj
+def paths(obj: Context) -> None:
+    """Print the resolved home, database URL and PKI directory (for scripts)."""
+    s = obj.settings
+    click.echo(
+        json.dumps({"home": str(s.home), "database_url": s.database_url, "pki_dir": str(s.pki_dir)})
+    )

@@ -1,0 +1,114 @@
+"""Builds the long-lived services once per process: settings -> store, HSM, profiles."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from ca.ceremony import CeremonyPlan
+from ca.profiles import Profile, load_profiles
+from ca.store import Store
+from hsm import softhsm
+from hsm.api import KeyAlgorithm
+from hsm.pkcs11 import Pkcs11KeyManager
+from kakuin.settings import Settings
+
+HEALTHCHECK_KEY_LABEL = "kakuin-healthcheck"
+
+
+def module_path(settings: Settings) -> str:
+    if settings.hsm.is_softhsm:
+        softhsm.activate(settings.softhsm_conf)
+        return softhsm.find_module()
+    return settings.hsm.module
+
+
+def make_key_manager(settings: Settings) -> Pkcs11KeyManager:
+    return Pkcs11KeyManager(
+        module_path(settings),
+        settings.hsm.token_label,
+        settings.hsm.read_pin,
+        sessions=settings.hsm.sessions,
+    )
+
+
+def ceremony_plan(settings: Settings) -> CeremonyPlan:
+    ca = settings.ca
+    return CeremonyPlan(
+        organization=ca.organization,
+        country=ca.country,
+        base_url=settings.base_url,
+        pki_dir=settings.pki_dir,
+        root_name=ca.root_name,
+        root_common_name=ca.root_common_name,
+        root_algorithm=KeyAlgorithm(ca.root_algorithm),
+        issuing_name=ca.issuing_name,
+        issuing_common_name=ca.issuing_common_name,
+        issuing_algorithm=KeyAlgorithm(ca.issuing_algorithm),
+        ocsp_common_name=ca.ocsp_common_name,
+        ocsp_algorithm=KeyAlgorithm(ca.ocsp_algorithm),
+        tsa_common_name=ca.tsa_common_name,
+        tsa_algorithm=KeyAlgorithm(ca.tsa_algorithm),
+    )
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    keys: Pkcs11KeyManager
+    profiles: dict[str, Profile]
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        return cls(
+            settings=settings,
+            store=Store(settings.database_url),
+            keys=make_key_manager(settings),
+            profiles=load_profiles(settings.profiles_dir),
+        )
+
+    def after_fork(self) -> None:
+        """In a forked worker: new DB connections; the HSM manager re-inits by itself."""
+        self.store.dispose()
+
+    def close(self) -> None:
+        self.keys.close()
+        self.store.dispose(close=True)
+
+
+def _write_secret(path: Path, value: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value + "\n")
+
+
+def prepare_softhsm_token(settings: Settings) -> bool:
+    """Create the SoftHSM config and token under the home if missing; True if created.
+
+    The user PIN comes from ``$pin_env`` when set, else a random one is written to pin_file
+    (mode 0600). The SO PIN is always random and written to so_pin_file.
+    """
+    template_path = settings.config_dir / "softhsm2.conf.template"
+    template = template_path.read_text() if template_path.exists() else None
+    conf = softhsm.write_config(settings.home, template)
+    softhsm.activate(conf)
+    if softhsm.token_exists(conf, settings.hsm.token_label):
+        return False
+    user_pin = os.environ.get(settings.hsm.pin_env) or _secret(settings.hsm.pin_file)
+    so_pin = _secret(settings.hsm.so_pin_file)
+    softhsm.init_token(conf, settings.hsm.token_label, so_pin, user_pin)
+    return True
+
+
+def _secret(path: Path) -> str:
+    """The PIN in ``path``, or a new random one written there (a retried init reuses it)."""
+    if path.exists():
+        return path.read_text().strip()
+    value = secrets.token_urlsafe(18)
+    _write_secret(path, value)
+    return value

@@ -1,0 +1,166 @@
+"""Settings: embedded defaults (config/kakuin.toml), the home's kakuin.toml, then KAKUIN_*.
+
+PINs are never read from a settings file: only from an environment variable or a file.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+
+
+class SettingsError(Exception):
+    """A settings file or variable is invalid; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class HsmSettings:
+    module: str
+    token_label: str
+    pin_env: str
+    pin_file: Path
+    so_pin_file: Path
+    sessions: int
+
+    @property
+    def is_softhsm(self) -> bool:
+        return self.module == "softhsm"
+
+    def read_pin(self) -> str:
+        """The user PIN from the environment variable, else the PIN file."""
+        pin = os.environ.get(self.pin_env)
+        if pin:
+            return pin
+        try:
+            return self.pin_file.read_text().strip()
+        except FileNotFoundError:
+            raise SettingsError(
+                f"no HSM user PIN: set ${self.pin_env} or create {self.pin_file}"
+            ) from None
+
+
+@dataclass(frozen=True)
+class CASettings:
+    organization: str
+    country: str
+    root_name: str
+    root_common_name: str
+    root_algorithm: str
+    issuing_name: str
+    issuing_common_name: str
+    issuing_algorithm: str
+    ocsp_algorithm: str
+    ocsp_common_name: str
+    tsa_algorithm: str
+    tsa_common_name: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    config_dir: Path
+    host: str
+    port: int
+    workers: int
+    base_url: str
+    log_level: str
+    database_url: str
+    hsm: HsmSettings
+    ca: CASettings
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.home / "pki"
+
+    @property
+    def profiles_dir(self) -> Path:
+        return self.config_dir / "profiles"
+
+    @property
+    def softhsm_conf(self) -> Path:
+        return self.home / "softhsm" / "softhsm2.conf"
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{path}: {exc}") from exc
+
+
+_ENV = {
+    "KAKUIN_DATABASE_URL": ("database", "url"),
+    "KAKUIN_BASE_URL": ("server", "base_url"),
+    "KAKUIN_HOST": ("server", "host"),
+    "KAKUIN_PORT": ("server", "port"),
+    "KAKUIN_WORKERS": ("server", "workers"),
+    "KAKUIN_LOG_LEVEL": ("server", "log_level"),
+    "KAKUIN_HSM_MODULE": ("hsm", "module"),
+    "KAKUIN_HSM_TOKEN_LABEL": ("hsm", "token_label"),
+    "KAKUIN_HSM_SESSIONS": ("hsm", "sessions"),
+}
+
+
+def load_settings(home: Path | str | None = None, **overrides: Any) -> Settings:
+    """Build settings for ``home`` (default ``$KAKUIN_HOME`` or ``./var``)."""
+    home_path = Path(home or os.environ.get("KAKUIN_HOME") or "var").resolve()
+    config_dir = Path(os.environ.get("KAKUIN_CONFIG_DIR") or REPO_CONFIG_DIR).resolve()
+    defaults = config_dir / "kakuin.toml"
+    if not defaults.exists():
+        raise SettingsError(f"default settings not found at {defaults} (set KAKUIN_CONFIG_DIR)")
+    data = _read_toml(defaults)
+    if (home_path / "kakuin.toml").exists():
+        data = _merge(data, _read_toml(home_path / "kakuin.toml"))
+    for var, (section, key) in _ENV.items():
+        if var in os.environ:
+            data.setdefault(section, {})[key] = os.environ[var]
+    for dotted, value in overrides.items():
+        section, key = dotted.split("__", 1)
+        data.setdefault(section, {})[key] = value
+    for section in ("hsm",):
+        for forbidden in ("pin", "user_pin", "so_pin"):
+            if forbidden in data.get(section, {}):
+                raise SettingsError(
+                    f"[{section}] {forbidden} must not be in a settings file: "
+                    "use pin_env or pin_file"
+                )
+    try:
+        server, db, hsm, ca = data["server"], data["database"], data["hsm"], data["ca"]
+        database_url = db.get("url") or f"sqlite:///{home_path / 'kakuin.db'}"
+        return Settings(
+            home=home_path,
+            config_dir=config_dir,
+            host=str(server["host"]),
+            port=int(server["port"]),
+            workers=int(server["workers"]),
+            base_url=str(server["base_url"]).rstrip("/"),
+            log_level=str(server["log_level"]).upper(),
+            database_url=database_url,
+            hsm=HsmSettings(
+                module=str(hsm["module"]),
+                token_label=str(hsm["token_label"]),
+                pin_env=str(hsm["pin_env"]),
+                pin_file=home_path / str(hsm["pin_file"]),
+                so_pin_file=home_path / str(hsm["so_pin_file"]),
+                sessions=int(hsm["sessions"]),
+            ),
+            ca=CASettings(**{k: str(v) for k, v in ca.items()}),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SettingsError(f"invalid settings: {exc!r}") from exc
