@@ -193,9 +193,7 @@ class Certificate(Base):
     serial: Mapped[str] = mapped_column(String(40))
     kind: Mapped[str] = mapped_column(String(16))
     subject: Mapped[str] = mapped_column(Text)
-    organization_id: Mapped[int | None] = mapped_column(
-        ForeignKey("organizations.id"), index=True
-    )
+    organization_id: Mapped[int | None] = mapped_column(ForeignKey("organizations.id"), index=True)
     seal_request_id: Mapped[str | None] = mapped_column(ForeignKey("seal_requests.id"))
     not_before: Mapped[datetime]
     not_after: Mapped[datetime]

@@ -10,8 +10,16 @@ from sqlalchemy import CheckConstraint, func, inspect, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError, StatementError
 
 from ca.models import ApiClient, AuditHead, Base, Certificate, Organization, serial_hex
-from ca.store import Store, current_revision, default_sqlite_url, head_revision, make_engine, upgrade
-from tests.dbutil import db_url, store  # noqa: F401
+from ca.store import (
+    Store,
+    current_revision,
+    default_sqlite_url,
+    head_revision,
+    make_engine,
+    upgrade,
+)
+
+pytest_plugins = ["tests.dbutil"]  # db_url, store (also fine once conftest loads it)
 
 JST = timezone(timedelta(hours=9))
 
@@ -47,7 +55,8 @@ def test_models_match_migrations(db_url: str) -> None:
                     if isinstance(c, CheckConstraint)
                 }
                 found = {
-                    str(c["name"]): c["sqltext"] for c in inspector.get_check_constraints(table.name)
+                    str(c["name"]): c["sqltext"]
+                    for c in inspector.get_check_constraints(table.name)
                 }
                 assert set(found) == set(expected), table.name
                 if connection.dialect.name == "sqlite":
@@ -113,7 +122,7 @@ def test_timestamps_come_back_as_aware_utc(store: Store) -> None:
 
 def test_naive_datetimes_are_refused(store: Store) -> None:
     with pytest.raises(StatementError, match="naive datetime"), store.session() as session:
-        session.add(_org(created_at=datetime(2026, 4, 1, 12, 0)))  # noqa: DTZ001
+        session.add(_org(created_at=datetime(2026, 4, 1, 12, 0)))
         session.flush()
 
 
@@ -218,4 +227,3 @@ def test_serial_hex(value: int, expected: str) -> None:
 def test_serial_hex_rejects_out_of_range(value: int) -> None:
     with pytest.raises(ValueError, match="serial"):
         serial_hex(value)
-

@@ -130,9 +130,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_seal_requests")),
     )
-    op.create_index(
-        op.f("ix_seal_requests_organization_id"), "seal_requests", ["organization_id"]
-    )
+    op.create_index(op.f("ix_seal_requests_organization_id"), "seal_requests", ["organization_id"])
     op.create_index(
         op.f("ix_seal_requests_public_key_sha256"), "seal_requests", ["public_key_sha256"]
     )
@@ -248,9 +246,7 @@ def upgrade() -> None:
         sa.Column("entry_hash", sa.String(length=64), nullable=False),
         sa.PrimaryKeyConstraint("seq", name=op.f("pk_audit_entries")),
     )
-    op.create_index(
-        op.f("ix_audit_entries_organization_id"), "audit_entries", ["organization_id"]
-    )
+    op.create_index(op.f("ix_audit_entries_organization_id"), "audit_entries", ["organization_id"])
     audit_head = op.create_table(
         "audit_head",
         sa.Column("id", sa.Integer(), autoincrement=False, nullable=False),

@@ -1,0 +1,52 @@
+# kakuin: two commands on a fresh Debian machine.
+#   make run   set everything up (apt packages, venv, key ceremony under ./var) and serve
+#   make test  same setup, then the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+HOME_DIR ?= var
+BIN    := $(VENV)/bin
+APT_PACKAGES := softhsm2 opensc openssl poppler-utils qpdf fonts-ipaexfont-gothic
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test setup apt venv init lint bench clean
+
+run: setup init
+	$(BIN)/kakuin --home $(HOME_DIR) serve
+
+test: setup
+	$(BIN)/pytest
+
+setup: apt venv
+
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+# The key ceremony runs once; afterwards `kakuin init` would refuse to overwrite.
+init: setup
+	@test -f $(HOME_DIR)/pki/chain.pem || $(BIN)/kakuin --home $(HOME_DIR) init
+
+lint: venv
+	$(BIN)/ruff check hsm ca signing kakuin tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+bench: setup
+	$(BIN)/python bench/hsm_sign.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
