@@ -22,8 +22,11 @@ from hsm.errors import HsmAuthError, HsmKeyExists, HsmKeyNotFound, HsmRefused, H
 from hsm.keys import HsmEllipticCurvePrivateKey, HsmRsaPrivateKey, private_key
 from hsm.pkcs11 import Pkcs11KeyManager
 
-_HASH = {HashAlg.SHA256: hashes.SHA256(), HashAlg.SHA384: hashes.SHA384(),
-         HashAlg.SHA512: hashes.SHA512()}
+_HASH = {
+    HashAlg.SHA256: hashes.SHA256(),
+    HashAlg.SHA384: hashes.SHA384(),
+    HashAlg.SHA512: hashes.SHA512(),
+}
 
 
 def _verify(spki: bytes, sig: bytes, data: bytes, hash_alg: HashAlg, scheme: SignScheme) -> None:
@@ -34,7 +37,8 @@ def _verify(spki: bytes, sig: bytes, data: bytes, hash_alg: HashAlg, scheme: Sig
     else:
         assert isinstance(public, rsa.RSAPublicKey)
         pad: padding.AsymmetricPadding = (
-            padding.PSS(padding.MGF1(h), h.digest_size) if scheme is SignScheme.RSA_PSS
+            padding.PSS(padding.MGF1(h), h.digest_size)
+            if scheme is SignScheme.RSA_PSS
             else padding.PKCS1v15()
         )
         public.verify(sig, data, pad, h)
@@ -49,8 +53,9 @@ def all_keys(keys: Pkcs11KeyManager) -> dict[KeyAlgorithm, object]:
 @pytest.mark.parametrize("hash_alg", list(HashAlg))
 def test_sign_round_trip_verified_by_cryptography(keys, all_keys, algorithm, hash_alg):
     ref = all_keys[algorithm]
-    schemes = ([SignScheme.RSA_PKCS1V15, SignScheme.RSA_PSS] if algorithm.is_rsa
-               else [SignScheme.ECDSA])
+    schemes = (
+        [SignScheme.RSA_PKCS1V15, SignScheme.RSA_PSS] if algorithm.is_rsa else [SignScheme.ECDSA]
+    )
     data = secrets.token_bytes(200)
     for scheme in schemes:
         sig = keys.sign(ref, data, hash_alg, scheme)
@@ -74,8 +79,14 @@ def test_generated_public_key_matches_algorithm(all_keys):
 def test_private_keys_are_sensitive_and_not_extractable(keys, all_keys):
     for ref in all_keys.values():
         attrs = keys.private_key_attributes(ref)
-        assert attrs == {"sensitive": True, "extractable": False, "always_sensitive": True,
-                         "never_extractable": True, "token": True, "private": True}
+        assert attrs == {
+            "sensitive": True,
+            "extractable": False,
+            "always_sensitive": True,
+            "never_extractable": True,
+            "token": True,
+            "private": True,
+        }
         with pytest.raises(HsmRefused):
             keys.read_private_value(ref)
 
@@ -110,8 +121,9 @@ def test_wrong_scheme_and_digest_length_are_refused(keys, all_keys):
     with pytest.raises(HsmUnsupported):
         keys.sign(all_keys[KeyAlgorithm.ECDSA_P256], b"x", HashAlg.SHA256, SignScheme.RSA_PSS)
     with pytest.raises(HsmUnsupported):
-        keys.sign_digest(all_keys[KeyAlgorithm.RSA_2048], b"short", HashAlg.SHA256,
-                         SignScheme.RSA_PKCS1V15)
+        keys.sign_digest(
+            all_keys[KeyAlgorithm.RSA_2048], b"short", HashAlg.SHA256, SignScheme.RSA_PKCS1V15
+        )
 
 
 def test_concurrent_signing_from_8_threads(keys, all_keys):
@@ -193,44 +205,66 @@ def test_cryptography_builders_sign_through_the_hsm(keys, all_keys, algorithm, t
     key = private_key(keys, ref)
     assert isinstance(key, HsmRsaPrivateKey if algorithm.is_rsa else HsmEllipticCurvePrivateKey)
     with pytest.raises(Exception, match="never leave the HSM"):
-        key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                          serialization.NoEncryption())
+        key.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
     now = datetime.now(UTC)
     h = hashes.SHA384() if algorithm is KeyAlgorithm.ECDSA_P384 else hashes.SHA256()
     cert = (
-        x509.CertificateBuilder().subject_name(_name("hsm test")).issuer_name(_name("hsm test"))
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=1)).not_valid_after(now + timedelta(days=1))
+        x509.CertificateBuilder()
+        .subject_name(_name("hsm test"))
+        .issuer_name(_name("hsm test"))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, h)
     )
     cert.verify_directly_issued_by(cert)
     pem = tmp_path / "cert.pem"
     pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    out = subprocess.run(["openssl", "verify", "-CAfile", pem, pem], capture_output=True,
-                         text=True, check=False)
+    out = subprocess.run(
+        ["openssl", "verify", "-CAfile", pem, pem], capture_output=True, text=True, check=False
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
     crl = (
-        x509.CertificateRevocationListBuilder().issuer_name(cert.subject)
-        .last_update(now).next_update(now + timedelta(days=1))
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(cert.subject)
+        .last_update(now)
+        .next_update(now + timedelta(days=1))
         .add_revoked_certificate(
-            x509.RevokedCertificateBuilder().serial_number(42).revocation_date(now).build())
+            x509.RevokedCertificateBuilder().serial_number(42).revocation_date(now).build()
+        )
         .sign(key, h)
     )
     assert crl.is_signature_valid(cert.public_key())  # type: ignore[arg-type]
     crl_pem = tmp_path / "crl.pem"
     crl_pem.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
-    out = subprocess.run(["openssl", "crl", "-in", crl_pem, "-CAfile", pem, "-noout"],
-                         capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        ["openssl", "crl", "-in", crl_pem, "-CAfile", pem, "-noout"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert out.returncode == 0 and "verify OK" in out.stderr + out.stdout, out.stderr
 
     if algorithm.is_rsa:
         pss = cert.public_key()
-        sig = key.sign(b"pss", padding.PSS(padding.MGF1(hashes.SHA256()),
-                                           padding.PSS.DIGEST_LENGTH), hashes.SHA256())
-        pss.verify(sig, b"pss", padding.PSS(padding.MGF1(hashes.SHA256()), 32),  # type: ignore[call-arg]
-                   hashes.SHA256())
+        sig = key.sign(
+            b"pss",
+            padding.PSS(padding.MGF1(hashes.SHA256()), padding.PSS.DIGEST_LENGTH),
+            hashes.SHA256(),
+        )
+        pss.verify(
+            sig,
+            b"pss",
+            padding.PSS(padding.MGF1(hashes.SHA256()), 32),  # type: ignore[call-arg]
+            hashes.SHA256(),
+        )
         digest = hashes.Hash(hashes.SHA256())
         digest.update(b"pre")
         d = digest.finalize()
@@ -239,10 +273,16 @@ def test_cryptography_builders_sign_through_the_hsm(keys, all_keys, algorithm, t
 
     resp = (
         ocsp.OCSPResponseBuilder()
-        .add_response(cert=cert, issuer=cert, algorithm=hashes.SHA256(),
-                      cert_status=ocsp.OCSPCertStatus.GOOD, this_update=now,
-                      next_update=now + timedelta(hours=1), revocation_time=None,
-                      revocation_reason=None)
+        .add_response(
+            cert=cert,
+            issuer=cert,
+            algorithm=hashes.SHA256(),
+            cert_status=ocsp.OCSPCertStatus.GOOD,
+            this_update=now,
+            next_update=now + timedelta(hours=1),
+            revocation_time=None,
+            revocation_reason=None,
+        )
         .responder_id(ocsp.OCSPResponderEncoding.HASH, cert)
         .sign(key, h)
     )
@@ -262,9 +302,10 @@ def test_no_private_key_material_in_python_objects(keys, all_keys):
 
 
 def test_hsm_package_imports_nothing_of_ours():
-    code = ("import sys, hsm, hsm.pkcs11, hsm.keys, hsm.softhsm; "
-            "bad=[m for m in sys.modules if m.split('.')[0] in ('ca','signing','kakuin')]; "
-            "print(bad); sys.exit(1 if bad else 0)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=False)
+    code = (
+        "import sys, hsm, hsm.pkcs11, hsm.keys, hsm.softhsm; "
+        "bad=[m for m in sys.modules if m.split('.')[0] in ('ca','signing','kakuin')]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stdout + out.stderr

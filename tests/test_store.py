@@ -19,8 +19,6 @@ from ca.store import (
     upgrade,
 )
 
-pytest_plugins = ["tests.dbutil"]  # db_url, store (also fine once conftest loads it)
-
 JST = timezone(timedelta(hours=9))
 
 

@@ -1,0 +1,3 @@
+from kakuin.cli import main
+
+main()
