@@ -62,6 +62,14 @@ def test_chain_of_entries_verifies(store: Store) -> None:
     assert rows[3].details == '{"i":3,"profile":"eseal"}'
 
 
+def test_several_entries_in_one_transaction(store: Store) -> None:
+    with store.session() as session:
+        seqs = [audit.record(session, actor="a", action=f"step.{i}").seq for i in range(3)]
+    assert seqs == [1, 2, 3]
+    _append(store, 1)
+    assert _verify(store) == audit.VerifyResult(ok=True, entries=4, problems=[])
+
+
 def test_entries_pages_in_seq_order(store: Store) -> None:
     _append(store, 5)
     with store.session() as session:

@@ -4,6 +4,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import CheckConstraint, func, inspect, select, text
@@ -12,6 +13,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, StatementError
 from ca.models import ApiClient, AuditHead, Base, Certificate, Organization, serial_hex
 from ca.store import (
     Store,
+    alembic_config,
     current_revision,
     default_sqlite_url,
     head_revision,
@@ -34,6 +36,19 @@ def test_upgrade_reaches_head_and_is_idempotent(db_url: str) -> None:
     assert current_revision(db_url) == head_revision() == "0001"
     upgrade(db_url)
     assert current_revision(db_url) == "0001"
+
+
+def test_downgrade_to_base_and_back(db_url: str) -> None:
+    upgrade(db_url)
+    command.downgrade(alembic_config(db_url), "base")
+    assert current_revision(db_url) is None
+    engine = make_engine(db_url)
+    try:
+        assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
+    finally:
+        engine.dispose()
+    upgrade(db_url)
+    assert current_revision(db_url) == head_revision()
 
 
 def test_models_match_migrations(db_url: str) -> None:
