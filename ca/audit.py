@@ -200,7 +200,9 @@ def verify(session: Session) -> VerifyResult:
     for entry in rows:
         count += 1
         if entry.seq > expected_seq:
-            problem(f"seq {expected_seq} to {entry.seq - 1} missing (entries deleted)")
+            last = entry.seq - 1
+            gap = f"{expected_seq}" if last == expected_seq else f"{expected_seq} to {last}"
+            problem(f"seq {gap} missing (entries deleted)")
         elif entry.seq < expected_seq:
             problem(f"seq {entry.seq} out of range")
         if entry.prev_hash != prev_hash:

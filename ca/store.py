@@ -40,6 +40,9 @@ def make_engine(url: str) -> Engine:
     PostgreSQL: default pool, with a ping so connections dropped by the server are replaced.
     """
     parsed = make_url(url)
+    if parsed.drivername in ("postgres", "postgresql"):
+        # psycopg 3 is the driver we depend on; SQLAlchemy's default would be psycopg2.
+        parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() != "sqlite":
         return create_engine(parsed, pool_pre_ping=True)
 

@@ -143,8 +143,17 @@ def test_deleted_middle_entry_is_detected(store: Store) -> None:
     assert not result.ok
     assert result.entries == 5
     assert result.problems == [
-        "seq 4 to 4 missing (entries deleted)",
+        "seq 4 missing (entries deleted)",
         "seq 5: prev_hash does not match the entry before it",
+    ]
+
+
+def test_deleted_range_is_reported_once(store: Store) -> None:
+    _append(store, 8)
+    _sql(store, "DELETE FROM audit_entries WHERE seq BETWEEN 3 AND 5")
+    assert _verify(store).problems == [
+        "seq 3 to 5 missing (entries deleted)",
+        "seq 6: prev_hash does not match the entry before it",
     ]
 
 
@@ -152,7 +161,7 @@ def test_deleted_first_entry_is_detected(store: Store) -> None:
     _append(store, 3)
     _sql(store, "DELETE FROM audit_entries WHERE seq = 1")
     assert _verify(store).problems == [
-        "seq 1 to 1 missing (entries deleted)",
+        "seq 1 missing (entries deleted)",
         "seq 2: prev_hash does not match the entry before it",
     ]
 

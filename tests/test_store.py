@@ -216,9 +216,10 @@ def test_default_sqlite_url(tmp_path: Path) -> None:
     assert url.startswith("sqlite:////")  # absolute path
 
 
-def test_store_repr_hides_password() -> None:
-    s = Store("postgresql+psycopg://kakuin:secret@db.invalid/kakuin")
+def test_store_repr_hides_password_and_plain_postgresql_uses_psycopg3() -> None:
+    s = Store("postgresql://kakuin:secret@db.invalid/kakuin")
     assert "secret" not in repr(s)
+    assert s.engine.url.drivername == "postgresql+psycopg"
     s.dispose(close=True)
 
 
