@@ -7,7 +7,7 @@ from typing import Protocol
 
 import click
 
-from ca import audit
+from ca import audit, clients, registry
 from ca.store import Store, current_revision, head_revision, upgrade
 
 
@@ -91,3 +91,79 @@ def audit_show(obj: HasStore, since: int, limit: int) -> None:
                     ensure_ascii=False,
                 )
             )
+
+
+@click.group("org")
+def org_group() -> None:
+    """Organization registry (bootstrapping; boards use the API)."""
+
+
+@org_group.command("add")
+@click.option("--kind", type=click.Choice(["operator", "board", "school", "school_corporation"]),
+              required=True)
+@click.option("--name-ja", required=True, help="Japanese name as it appears in the seal.")
+@click.option("--name-en", default=None)
+@click.option("--local-gov-code", default=None, help="Board: 6-digit local government code.")
+@click.option("--corporate-number", default=None, help="13-digit corporate number.")
+@click.option("--school-code", default=None, help="School: 13-character MEXT school code.")
+@click.option("--board-id", type=int, default=None, help="School: id of the running board.")
+@click.option("--prefecture", default=None, help="School corporation: prefecture code.")
+@click.pass_obj
+def org_add(obj: HasStore, kind: str, name_ja: str, name_en: str | None,
+            local_gov_code: str | None, corporate_number: str | None, school_code: str | None,
+            board_id: int | None, prefecture: str | None) -> None:
+    """Register an organization and print it as JSON."""
+    actor = "cli:operator"
+    with obj.store.session() as s:
+        if kind == "operator":
+            org = registry.add_operator(s, name_ja=name_ja, name_en=name_en,
+                                        corporate_number=corporate_number, actor=actor)
+        elif kind == "board":
+            if not local_gov_code:
+                raise click.UsageError("--local-gov-code is required for a board")
+            org = registry.add_board(s, name_ja=name_ja, name_en=name_en,
+                                     local_gov_code=local_gov_code,
+                                     corporate_number=corporate_number, actor=actor)
+        elif kind == "school":
+            if not school_code or board_id is None:
+                raise click.UsageError("--school-code and --board-id are required for a school")
+            org = registry.add_school(s, name_ja=name_ja, name_en=name_en,
+                                      school_code=school_code, board_id=board_id, actor=actor)
+        else:
+            if not corporate_number or not prefecture:
+                raise click.UsageError("--corporate-number and --prefecture are required")
+            org = registry.add_school_corporation(s, name_ja=name_ja, name_en=name_en,
+                                                  corporate_number=corporate_number,
+                                                  prefecture=prefecture, actor=actor)
+        click.echo(json.dumps({"id": org.id, "kind": org.kind, "name_ja": org.name_ja,
+                               "organization_identifier": registry.organization_identifier(org)},
+                              ensure_ascii=False))
+
+
+@click.group("token")
+def token_group() -> None:
+    """API client tokens."""
+
+
+@token_group.command("create")
+@click.option("--org", "org_id", type=int, required=True, help="Organization id.")
+@click.option("--role", type=click.Choice(list(clients.ROLES)), required=True)
+@click.option("--name", required=True, help="Who or what uses the token (e.g. the vendor system).")
+@click.pass_obj
+def token_create(obj: HasStore, org_id: int, role: str, name: str) -> None:
+    """Create an API client; the token is printed once and stored only as a hash."""
+    with obj.store.session() as s:
+        client, token = clients.create_client(s, organization_id=org_id, role=role, name=name,
+                                              actor="cli:operator")
+    click.echo(json.dumps({"client_id": client.id, "organization_id": org_id, "role": role,
+                           "token": token}))
+
+
+@token_group.command("revoke")
+@click.argument("client_id", type=int)
+@click.pass_obj
+def token_revoke(obj: HasStore, client_id: int) -> None:
+    """Revoke an API client's token."""
+    with obj.store.session() as s:
+        clients.revoke_client(s, client_id, actor="cli:operator")
+    click.echo(f"client {client_id} revoked")

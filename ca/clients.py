@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from ca import audit
 from ca.errors import CAError, Forbidden, InvalidRequest, NotFound
 from ca.models import ApiClient, Organization
+from ca.store import Store
 
 ROLES = ("school-system", "board-officer", "ca-operator", "auditor")
 TOKEN_PREFIX = "kkn_"  # noqa: S105 - a public marker, not a secret
@@ -159,31 +160,32 @@ def authenticate(
 
 
 def deny(
-    session: Session,
+    store: Store,
     principal: Principal,
     action: str,
     *,
     organization_id: int | None,
+    why: str,
     object_type: str | None = None,
     object_id: str | None = None,
     request_id: str | None = None,
-    why: str,
 ) -> Forbidden:
-    """Record a refused request in the audit log and return the error to raise.
+    """Audit a refused request and return the 403 to raise.
 
-    Written in its own unit of work by the caller's store, because the refused operation's
-    transaction is rolled back.
+    Written in a unit of work of its own: the refused operation's transaction rolls back, but
+    the refusal must stay on record.
     """
-    audit.record(
-        session,
-        actor=principal.actor,
-        action="access.denied",
-        organization_id=organization_id,
-        object_type=object_type,
-        object_id=object_id,
-        request_id=request_id,
-        details={"attempted": action, "role": principal.role},
-    )
+    with store.session() as s:
+        audit.record(
+            s,
+            actor=principal.actor,
+            action="access.denied",
+            organization_id=organization_id,
+            object_type=object_type,
+            object_id=object_id,
+            request_id=request_id,
+            details={"attempted": action, "role": principal.role},
+        )
     return Forbidden(why)
 
 

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from ca import api as ca_api
 from ca.errors import CAError
 from hsm.api import HashAlg, KeyRef, SignScheme
 from hsm.errors import HsmError
@@ -58,7 +59,10 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
     app = Flask("kakuin")
     app.config["MAX_CONTENT_LENGTH"] = 32 * 1024 * 1024
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
-    app.extensions["kakuin"] = svc or Services.build(settings)
+    svc = svc or Services.build(settings)
+    app.extensions["kakuin"] = svc
+    app.extensions["ca"] = svc.ca
+    app.register_blueprint(ca_api.bp)
     _register_request_hooks(app)
     _register_error_handlers(app)
 

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from ca import ceremony
-from ca.cli import audit_group, db_group
+from ca.cli import audit_group, db_group, org_group, token_group
 from ca.errors import CAError
 from ca.profiles import load_profiles
 from ca.store import Store, upgrade
@@ -77,6 +77,8 @@ def main(ctx: click.Context, home: str) -> None:
 
 main.add_command(db_group)
 main.add_command(audit_group)
+main.add_command(org_group)
+main.add_command(token_group)
 
 
 @main.command()
@@ -132,7 +134,7 @@ def serve(obj: Context, host: str | None, port: int | None, workers: int | None)
         "post_fork": lambda _server, _worker: svc.after_fork(),
     }
 
-    class Server(BaseApplication):  # type: ignore[misc]
+    class Server(BaseApplication):
         def load_config(self) -> None:
             for key, value in options.items():
                 self.cfg.set(key, value)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ca.ceremony import CeremonyPlan
 from ca.profiles import Profile, load_profiles
+from ca.service import CAService
 from ca.store import Store
 from hsm import softhsm
 from hsm.api import KeyAlgorithm
@@ -60,6 +61,11 @@ class Services:
     store: Store
     keys: Pkcs11KeyManager
     profiles: dict[str, Profile]
+    ca: CAService = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ca = CAService(self.store, self.keys, self.profiles,
+                            self.settings.ca.issuing_name, self.settings.base_url)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:

@@ -13,6 +13,7 @@ Use from ``tests/conftest.py``::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import secrets
@@ -26,7 +27,7 @@ from sqlalchemy.pool import NullPool
 
 from ca.store import Store, upgrade
 
-__all__ = ["DEFAULT_POSTGRES_URL", "db_url", "postgres_url", "sqlite_url", "store"]
+__all__ = ["DEFAULT_POSTGRES_URL", "database", "db_url", "postgres_url", "sqlite_url", "store"]
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -56,11 +57,14 @@ def _postgres_unreachable(url: URL) -> str | None:
     return None
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """URL of an empty database of each kind."""
-    if request.param == "sqlite":
-        yield sqlite_url(tmp_path)
+@contextlib.contextmanager
+def database(kind: str, directory: Path) -> Iterator[str]:
+    """URL of an empty database of ``kind``; PostgreSQL gets a schema dropped afterwards.
+
+    Skips (or fails, with KAKUIN_TEST_REQUIRE_POSTGRES=1) when PostgreSQL is unreachable.
+    """
+    if kind == "sqlite":
+        yield sqlite_url(directory)
         return
 
     base = postgres_url()
@@ -84,6 +88,13 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
             connection.execute(text("SET LOCAL lock_timeout = '10s'"))
             connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
         admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """URL of an empty database of each kind."""
+    with database(request.param, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture

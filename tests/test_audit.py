@@ -194,7 +194,12 @@ def test_deleted_last_entry_is_detected_by_the_head(store: Store) -> None:
 
 def test_altered_head_is_detected(store: Store) -> None:
     _append(store, 2)
-    _sql(store, "UPDATE audit_head SET last_hash = 'f' || substr(last_hash, 2)")
+    # Flip the first hex digit (a constant replacement would be a no-op 1 time in 16).
+    _sql(
+        store,
+        "UPDATE audit_head SET last_hash = "
+        "CASE WHEN substr(last_hash, 1, 1) = '0' THEN '1' ELSE '0' END || substr(last_hash, 2)",
+    )
     assert _verify(store).problems[0].startswith("head names seq 2")
 
 
