@@ -347,7 +347,7 @@ def test_school_system_cannot_request_for_another_school(env: Env) -> None:
     status, problem = _call(env.url, "POST", "/api/v1/seal-requests", env.school,
                             {"organization_id": other.id, "key": {"hosted": True}})
     assert status == 403
-    status, problem = _call(env.url, "POST", "/api/v1/organizations", env.officer_b, {
+    status, _problem = _call(env.url, "POST", "/api/v1/organizations", env.officer_b, {
         "kind": "school", "name_ja": "x", "school_code": "C113210000040", "board_id": env.board_a})
     assert status == 403
 
@@ -361,7 +361,7 @@ def test_renewal_names_the_replaced_certificate(env: Env) -> None:
     status, renewal = _call(env.url, "POST", "/api/v1/seal-requests", env.school,
                             {"key": {"hosted": True}, "replaces_serial": serial})
     assert status == 201 and renewal["replaces_serial"] == serial
-    status, problem = _call(env.url, "POST", "/api/v1/seal-requests", env.school,
+    status, _problem = _call(env.url, "POST", "/api/v1/seal-requests", env.school,
                             {"key": {"hosted": True}, "replaces_serial": "abcdef"})
     assert status == 422
 
