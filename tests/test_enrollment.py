@@ -344,7 +344,7 @@ def test_school_system_cannot_request_for_another_school(env: Env) -> None:
     with env.store.session() as s:
         other = registry.add_school(s, name_ja="新宿区立第三中学校", school_code="C113210000030",
                                     board_id=env.board_a, actor="test")
-    status, problem = _call(env.url, "POST", "/api/v1/seal-requests", env.school,
+    status, _ = _call(env.url, "POST", "/api/v1/seal-requests", env.school,
                             {"organization_id": other.id, "key": {"hosted": True}})
     assert status == 403
     status, _problem = _call(env.url, "POST", "/api/v1/organizations", env.officer_b, {
