@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from datetime import datetime
 from typing import Any
 
 from cryptography import x509
@@ -11,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from sqlalchemy import select
 
-from ca import enrollment, registry
+from ca import enrollment, registry, revocation
 from ca.clients import Principal, authenticate, deny, governs
 from ca.errors import CAError, Forbidden, InvalidRequest, NotFound
 from ca.models import Certificate, Organization, SealRequest
@@ -98,6 +99,8 @@ def create_organization() -> Any:
     with store.session() as s:
         if kind == "school":
             board_id = _int(body, "board_id", required=False) or principal.organization_id
+            if board_id is None:
+                raise InvalidRequest("'board_id' is required")
             if principal.role not in ("board-officer", "ca-operator") or (
                 principal.role == "board-officer" and board_id != principal.organization_id
             ):
@@ -221,6 +224,8 @@ def create_seal_request() -> Any:
     principal = _principal()
     body = _json()
     org_id = _int(body, "organization_id", required=False) or principal.organization_id
+    if org_id is None:
+        raise InvalidRequest("'organization_id' is required")
     csr = body.get("csr")
     key = body.get("key")
     if csr is not None and key is not None:
@@ -272,6 +277,7 @@ def approve_seal_request(request_uuid: str) -> Any:
         principal,
         request_uuid,
         request_id=_rid(),
+        lint_before_signing=svc.lint_before_signing,
     )
     return jsonify(_request_json(row))
 
@@ -350,6 +356,41 @@ def get_certificate(serial: str) -> Any:
         pem = x509.load_der_x509_certificate(row.der).public_bytes(serialization.Encoding.PEM)
         return Response(pem, mimetype=best)
     return jsonify(_cert_json(row, with_pem=True))
+
+
+def _datetime(body: dict[str, Any], key: str) -> datetime | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest(f"'{key}' must be an RFC 3339 date-time string")
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise InvalidRequest(f"'{key}' is not an RFC 3339 date-time: {exc}") from exc
+    if parsed.tzinfo is None:
+        raise InvalidRequest(f"'{key}' must carry a time zone offset")
+    return parsed
+
+
+@bp.post("/certificates/<serial>/revoke")
+def revoke_certificate(serial: str) -> Any:
+    principal = _principal()
+    body = _json()
+    svc = _svc()
+    row = revocation.revoke(svc.store, principal, serial, _str(body, "reason", max_len=32),
+                            _datetime(body, "invalidity_date"), request_id=_rid())
+    svc.status_changed(row)
+    return jsonify(_cert_json(row, with_pem=False))
+
+
+@bp.post("/certificates/<serial>/unsuspend")
+def unsuspend_certificate(serial: str) -> Any:
+    principal = _principal()
+    svc = _svc()
+    row = revocation.unsuspend(svc.store, principal, serial, request_id=_rid())
+    svc.status_changed(row)
+    return jsonify(_cert_json(row, with_pem=False))
 
 
 @bp.get("/openapi.json")

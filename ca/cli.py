@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Protocol
 
 import click
 
-from ca import audit, clients, registry
+from ca import audit, clients, registry, revocation
+from ca.service import CAService
 from ca.store import Store, current_revision, head_revision, upgrade
 
 
@@ -167,3 +169,59 @@ def token_revoke(obj: HasStore, client_id: int) -> None:
     with obj.store.session() as s:
         clients.revoke_client(s, client_id, actor="cli:operator")
     click.echo(f"client {client_id} revoked")
+
+
+# The CLI runs with the operator's authority on the machine that holds the HSM.
+CLI_OPERATOR = clients.Principal(None, None, "ca-operator", "operator", method="cli")
+
+
+class HasCA(Protocol):
+    @property
+    def ca(self) -> CAService: ...
+
+
+@click.group("cert")
+def cert_group() -> None:
+    """Certificate status: revoke, suspend, unsuspend, show."""
+
+
+@cert_group.command("revoke")
+@click.argument("serial")
+@click.option("--reason", type=click.Choice(list(revocation.REASONS)), required=True,
+              help="RFC 5280 reason; certificateHold suspends.")
+@click.option("--invalidity-date", default=None,
+              help="When the key is known or suspected to have been compromised (ISO 8601).")
+@click.pass_obj
+def cert_revoke(obj: HasCA, serial: str, reason: str, invalidity_date: str | None) -> None:
+    """Revoke (or suspend) a certificate; OCSP and CRLs reflect it at once."""
+    when = datetime.fromisoformat(invalidity_date) if invalidity_date else None
+    row = revocation.revoke(obj.ca.store, CLI_OPERATOR, serial, reason, when)
+    obj.ca.status_changed(row)
+    click.echo(f"{row.serial}: {row.status} ({row.revocation_reason})")
+
+
+@cert_group.command("unsuspend")
+@click.argument("serial")
+@click.pass_obj
+def cert_unsuspend(obj: HasCA, serial: str) -> None:
+    """Lift a certificateHold."""
+    row = revocation.unsuspend(obj.ca.store, CLI_OPERATOR, serial)
+    obj.ca.status_changed(row)
+    click.echo(f"{row.serial}: {row.status}")
+
+
+@cert_group.command("status")
+@click.argument("serial")
+@click.pass_obj
+def cert_status(obj: HasCA, serial: str) -> None:
+    """Show a certificate's status as JSON."""
+    with obj.ca.store.session() as s:
+        row = revocation.find(s, serial)
+        click.echo(json.dumps({
+            "serial": row.serial, "issuer": row.issuer_name, "kind": row.kind,
+            "subject": row.subject, "status": row.status,
+            "revocation_reason": row.revocation_reason,
+            "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
+            "invalidity_date": row.invalidity_date.isoformat() if row.invalidity_date else None,
+            "not_before": row.not_before.isoformat(), "not_after": row.not_after.isoformat(),
+        }, ensure_ascii=False))

@@ -45,7 +45,7 @@ class Principal:
     """Who is calling: the acting client, its organization and role."""
 
     client_id: int | None
-    organization_id: int
+    organization_id: int | None
     role: str
     name: str
     method: str = "token"

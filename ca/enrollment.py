@@ -271,6 +271,7 @@ def approve(
     request_uuid: str,
     *,
     request_id: str | None = None,
+    lint_before_signing: bool = True,
 ) -> tuple[SealRequest, x509.Certificate]:
     """Approve and issue. The request moves pending -> approved -> issued (or failed)."""
     with store.session() as s:
@@ -314,7 +315,8 @@ def approve(
         order = _order(s, row, org, keys, profiles)
 
     try:
-        cert = issue(store, authority, order, actor=principal.actor, request_id=request_id)
+        cert = issue(store, authority, order, actor=principal.actor, request_id=request_id,
+                     lint_before_signing=lint_before_signing)
     except BaseException as exc:
         with store.session() as s:
             failed = s.get(SealRequest, request_uuid)

@@ -18,6 +18,9 @@ class CAService:
     profiles: dict[str, Profile]
     issuing_name: str
     base_url: str
+    # Pre-issuance linting (pkilint) is on in every deployment; bench/issue.py turns it off
+    # only to measure what it costs.
+    lint_before_signing: bool = True
     _authority: IssuingAuthority | None = field(default=None, repr=False)
 
     def authority(self) -> IssuingAuthority:

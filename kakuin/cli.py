@@ -15,9 +15,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from ca import ceremony
-from ca.cli import audit_group, db_group, org_group, token_group
+from ca.cli import audit_group, cert_group, db_group, org_group, token_group
 from ca.errors import CAError
 from ca.profiles import load_profiles
+from ca.service import CAService
 from ca.store import Store, upgrade
 from hsm.api import HashAlg, KeyAlgorithm, SignScheme
 from hsm.errors import HsmError, HsmKeyNotFound
@@ -47,7 +48,15 @@ class Context:
 
     @cached_property
     def store(self) -> Store:
-        return Store(self.settings.database_url)
+        return self.services.store
+
+    @cached_property
+    def services(self) -> Services:
+        return Services.build(self.settings)
+
+    @property
+    def ca(self) -> CAService:
+        return self.services.ca
 
 
 class KakuinGroup(click.Group):
@@ -79,6 +88,7 @@ main.add_command(db_group)
 main.add_command(audit_group)
 main.add_command(org_group)
 main.add_command(token_group)
+main.add_command(cert_group)
 
 
 @main.command()
@@ -93,7 +103,7 @@ def init(obj: Context) -> None:
             f"created SoftHSM token {settings.hsm.token_label!r} under {settings.home / 'softhsm'}"
         )
     upgrade(settings.database_url)
-    keys = make_key_manager(settings)
+    keys = obj.services.keys
     plan = ceremony_plan(settings)
     result = ceremony.run(obj.store, keys, plan, load_profiles(settings.profiles_dir))
     try:

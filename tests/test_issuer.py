@@ -96,3 +96,24 @@ def test_ten_thousand_serials_are_unique(services, fresh):
             Certificate.status == "issued", Certificate.subject == "CN=test subject"))
     assert count == 10_000
     print(f"10,000 issued in {time.monotonic() - started:.1f} s")
+
+
+def test_loopback_exemption_is_narrow(services):
+    authority = services.ca.authority()
+    assert authority.lint_exemptions == ("etsi.internal_domain_name",)
+    public = dataclasses.replace(authority, base_url="https://pki.kakuin-edu.jp")
+    assert public.lint_exemptions == ()
+    assert dataclasses.replace(authority, base_url="http://localhost:8080").lint_exemptions
+
+
+def test_etsi_lint_blocks_an_eseal_without_organization(services, fresh):
+    """The e-seal profile is linted as an ETSI legal person before anything is signed."""
+    order = CertificateOrder(services.profiles["eseal"],
+                             x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "誰か")]),
+                             ec.generate_private_key(ec.SECP256R1()).public_key())
+    with pytest.raises(LintFailed) as info:
+        issue(fresh, services.ca.authority(), order, actor="test")
+    assert any(f.code.startswith(("etsi.", "cabf.", "pkix.")) for f in info.value.findings)
+    with fresh.session() as s:
+        assert s.scalar(select(func.count()).select_from(Certificate).where(
+            Certificate.kind == "eseal", Certificate.der.is_not(None))) == 0
