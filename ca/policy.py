@@ -149,4 +149,3 @@ def _public_key(csr: x509.CertificateSigningRequest) -> object:
         return csr.public_key()
     except (ValueError, TypeError) as exc:
         raise KeyRejected(f"the CSR's public key is not supported: {exc}") from exc
-

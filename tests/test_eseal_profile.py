@@ -33,12 +33,15 @@ from ca.issuer import (
     CertificateOrder,
     IssuingAuthority,
     build,
+    find_issued,
     hash_for,
     issue,
     random_serial,
     throwaway_key,
 )
 from ca.profiles import ProfileError
+from ca.store import Store, upgrade
+from tests.dbutil import sqlite_url
 
 # The ETSI lint refuses AIA/CDP URLs on internal names (etsi.internal_domain_name), so these
 # certificates name a public host, not the test server's 127.0.0.1.
@@ -104,6 +107,17 @@ def run(*args: object) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
+def eseal_store(tmp_path_factory):
+    """A store of their own for the e-seal rows: they have no HSM key, and other tests
+    check that every certificate in the session store (the ceremony's) has one."""
+    url = sqlite_url(tmp_path_factory.mktemp("eseal-db"))
+    upgrade(url)
+    s = Store(url)
+    yield s
+    s.dispose(close=True)
+
+
+@pytest.fixture(scope="module")
 def authority(services):
     return issuing_authority(
         services.store, services.keys, services.settings.ca.issuing_name, BASE_URL
@@ -118,11 +132,13 @@ def new_key(kind: str) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
 
 @pytest.mark.parametrize("key_kind", ["ec", "rsa"])
 @pytest.mark.parametrize(("org_id", "authorities"), [(NTR, []), (SC, ["mext"])])
-def test_eseal_issued_clean(services, home, authority, tmp_path, key_kind, org_id, authorities):
+def test_eseal_issued_clean(
+    services, eseal_store, home, authority, tmp_path, key_kind, org_id, authorities
+):
     profile = services.profiles["eseal"]
     subject = eseal_subject(name_ja="東京都立千代田高等学校", organization_identifier=org_id)
     cert = issue(
-        services.store,
+        eseal_store,
         authority,
         CertificateOrder(
             profile=profile,
@@ -134,6 +150,8 @@ def test_eseal_issued_clean(services, home, authority, tmp_path, key_kind, org_i
     )
     der = cert.public_bytes(serialization.Encoding.DER)
     assert not lint.blocking(lint.lint_for_profile(der, "eseal"))
+    row = find_issued(eseal_store, authority.name, cert.serial_number)
+    assert row is not None and row.status == "issued" and row.kind == "eseal" and row.der == der
 
     leaf = tmp_path / "eseal.pem"
     leaf.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
