@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
+from ca import crl, ocsp
 from ca.authorities import issuing_authority
 from ca.issuer import IssuingAuthority
+from ca.models import Certificate
 from ca.profiles import Profile
 from ca.store import Store
 from hsm.api import KeyManager
+
+log = logging.getLogger("kakuin.ca")
 
 
 @dataclass
@@ -18,15 +26,56 @@ class CAService:
     profiles: dict[str, Profile]
     issuing_name: str
     base_url: str
+    root_name: str = "kakuin-root-ca"
+    pki_dir: Path | None = None
+    crl_validity: timedelta = crl.DEFAULT_VALIDITY
     # Pre-issuance linting (pkilint) is on in every deployment; bench/issue.py turns it off
     # only to measure what it costs.
     lint_before_signing: bool = True
     _authority: IssuingAuthority | None = field(default=None, repr=False)
+    _crl_authorities: list[crl.CrlAuthority] | None = field(default=None, repr=False)
 
     def authority(self) -> IssuingAuthority:
         """The issuing CA, loaded once (certificate from the store, key handle from the HSM)."""
         if self._authority is None:
-            self._authority = issuing_authority(
-                self.store, self.keys, self.issuing_name, self.base_url
-            )
+            self._authority = issuing_authority(self.store, self.keys, self.issuing_name,
+                                                self.base_url)
         return self._authority
+
+    def crl_authorities(self) -> list[crl.CrlAuthority]:
+        if self._crl_authorities is None:
+            self._crl_authorities = crl.load_authorities(
+                self.store, self.keys, root_name=self.root_name, issuing_name=self.issuing_name)
+        return self._crl_authorities
+
+    def publish_crl(self, issuer_name: str, *, actor: str = "crl-publisher") -> crl.Crl:
+        authority = next((a for a in self.crl_authorities() if a.name == issuer_name), None)
+        if authority is None:
+            raise ValueError(f"{issuer_name} publishes no CRL here")
+        row = crl.publish(self.store, issuer_name=authority.name,
+                          issuer_cert=authority.certificate, issuer_key=authority.key,
+                          validity=self.crl_validity, actor=actor)
+        if self.pki_dir is not None:
+            crl.write_file(self.pki_dir, authority.name, row)
+        return row
+
+    def status_changed(self, cert: Certificate) -> None:
+        """Make a revocation, suspension or its lifting visible at once: re-sign the
+        certificate's OCSP response and publish its issuer's CRL again."""
+        if cert.issuer_name == self.issuing_name:
+            ocsp.resign(self.store, self.keys, cert.issuer_name, cert.serial)
+        self.publish_crl(cert.issuer_name, actor="revocation")
+
+    def maintain(self, now: datetime | None = None) -> dict[str, Any]:
+        """The scheduled work: CRLs due for re-publication, OCSP responses nearing their
+        nextUpdate, and a responder certificate nearing expiry. Safe to run from several
+        workers at once (CRL numbers are allocated under a database lock)."""
+        now = now or datetime.now(UTC)
+        renewed = ocsp.ensure_responder_certificate(
+            self.store, self.keys, self.authority(), self.profiles["ocsp-responder"], now=now)
+        published = crl.publish_due(self.store, authorities=self.crl_authorities(),
+                                    validity=self.crl_validity, now=now, pki_dir=self.pki_dir)
+        refreshed = ocsp.refresh_stale(self.store, self.keys, self.issuing_name, now,
+                                       include_missing=True)
+        return {"crls_published": [f"{c.issuer_name}#{c.number}" for c in published],
+                "ocsp_refreshed": refreshed, "responder_renewed": renewed is not None}

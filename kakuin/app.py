@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+import threading
 import time
 import uuid
 from typing import Any
@@ -15,6 +16,7 @@ from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from ca import api as ca_api
+from ca import protocol_api
 from ca.errors import CAError
 from hsm.api import HashAlg, KeyRef, SignScheme
 from hsm.errors import HsmError
@@ -62,7 +64,9 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
     svc = svc or Services.build(settings)
     app.extensions["kakuin"] = svc
     app.extensions["ca"] = svc.ca
+    app.config["KAKUIN_PKI_DIR"] = str(settings.pki_dir)
     app.register_blueprint(ca_api.bp)
+    app.register_blueprint(protocol_api.bp)
     _register_request_hooks(app)
     _register_error_handlers(app)
 
@@ -168,3 +172,26 @@ def _register_error_handlers(app: Flask) -> None:
             "Internal server error",
             "an unexpected error occurred; quote the request_id to the operator",
         )
+
+
+def start_maintenance(svc: Services) -> threading.Thread | None:
+    """Run the CA's scheduled work in a daemon thread of this (worker) process."""
+    interval = svc.settings.status.maintenance_interval_seconds
+    if interval <= 0:
+        return None
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                done = svc.ca.maintain()
+                if done["crls_published"] or done["ocsp_refreshed"] or done["responder_renewed"]:
+                    log.info("maintenance", extra=done)
+            except Exception:
+                log.exception("maintenance failed")
+            # Jitter so several workers don't all wake at the same moment.
+            stop.wait(interval * (0.75 + secrets.randbelow(500) / 1000))
+
+    thread = threading.Thread(target=loop, name="kakuin-maintenance", daemon=True)
+    thread.start()
+    return thread

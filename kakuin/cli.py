@@ -118,6 +118,9 @@ def init(obj: Context) -> None:
     ):
         click.echo(f"{label:15} {cert.subject.rfc4514_string()}  serial {cert.serial_number:x}")
     click.echo(f"published {len(result.files)} files under {plan.pki_dir}")
+    first = obj.ca.maintain()
+    click.echo(f"published CRLs {', '.join(first['crls_published'])}; "
+               f"{first['ocsp_refreshed']} OCSP responses pre-signed")
 
 
 @main.command()
@@ -141,7 +144,7 @@ def serve(obj: Context, host: str | None, port: int | None, workers: int | None)
         "errorlog": "-",
         "loglevel": settings.log_level.lower(),
         "timeout": 60,
-        "post_fork": lambda _server, _worker: svc.after_fork(),
+        "post_fork": lambda _server, _worker: _worker_started(svc),
     }
 
     class Server(BaseApplication):
@@ -153,6 +156,14 @@ def serve(obj: Context, host: str | None, port: int | None, workers: int | None)
             return app
 
     Server().run()
+
+
+def _worker_started(svc: Services) -> None:
+    """gunicorn post_fork: fresh DB connections and this worker's scheduler thread."""
+    from kakuin.app import start_maintenance
+
+    svc.after_fork()
+    start_maintenance(svc)
 
 
 @main.group("hsm")
@@ -247,3 +258,17 @@ def paths(obj: Context) -> None:
     click.echo(
         json.dumps({"home": str(s.home), "database_url": s.database_url, "pki_dir": str(s.pki_dir)})
     )
+
+
+@main.group("crl")
+def crl_group() -> None:
+    """Certificate revocation lists."""
+
+
+@crl_group.command("publish")
+@click.pass_obj
+def crl_publish(obj: Context) -> None:
+    """Publish a new CRL for the issuing CA and the root now (also written under HOME/pki)."""
+    for name in (obj.settings.ca.issuing_name, obj.settings.ca.root_name):
+        row = obj.ca.publish_crl(name, actor="cli:operator")
+        click.echo(f"{name}: CRL #{row.number}, next update {row.next_update.isoformat()}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from ca.ceremony import CeremonyPlan
@@ -64,8 +65,12 @@ class Services:
     ca: CAService = field(init=False)
 
     def __post_init__(self) -> None:
-        self.ca = CAService(self.store, self.keys, self.profiles,
-                            self.settings.ca.issuing_name, self.settings.base_url)
+        self.ca = CAService(
+            self.store, self.keys, self.profiles, self.settings.ca.issuing_name,
+            self.settings.base_url, root_name=self.settings.ca.root_name,
+            pki_dir=self.settings.pki_dir,
+            crl_validity=timedelta(hours=self.settings.status.crl_validity_hours),
+        )
 
     @classmethod
     def build(cls, settings: Settings) -> Services:

@@ -61,6 +61,12 @@ class CASettings:
 
 
 @dataclass(frozen=True)
+class StatusSettings:
+    crl_validity_hours: float
+    maintenance_interval_seconds: float
+
+
+@dataclass(frozen=True)
 class Settings:
     home: Path
     config_dir: Path
@@ -72,6 +78,7 @@ class Settings:
     database_url: str
     hsm: HsmSettings
     ca: CASettings
+    status: StatusSettings
 
     @property
     def pki_dir(self) -> Path:
@@ -114,6 +121,7 @@ _ENV = {
     "KAKUIN_HSM_MODULE": ("hsm", "module"),
     "KAKUIN_HSM_TOKEN_LABEL": ("hsm", "token_label"),
     "KAKUIN_HSM_SESSIONS": ("hsm", "sessions"),
+    "KAKUIN_MAINTENANCE_INTERVAL": ("status", "maintenance_interval_seconds"),
 }
 
 
@@ -142,6 +150,7 @@ def load_settings(home: Path | str | None = None, **overrides: Any) -> Settings:
                 )
     try:
         server, db, hsm, ca = data["server"], data["database"], data["hsm"], data["ca"]
+        status = data["status"]
         database_url = db.get("url") or f"sqlite:///{home_path / 'kakuin.db'}"
         return Settings(
             home=home_path,
@@ -161,6 +170,10 @@ def load_settings(home: Path | str | None = None, **overrides: Any) -> Settings:
                 sessions=int(hsm["sessions"]),
             ),
             ca=CASettings(**{k: str(v) for k, v in ca.items()}),
+            status=StatusSettings(
+                crl_validity_hours=float(status["crl_validity_hours"]),
+                maintenance_interval_seconds=float(status["maintenance_interval_seconds"]),
+            ),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise SettingsError(f"invalid settings: {exc!r}") from exc
