@@ -17,7 +17,7 @@ from ca.models import Certificate
 from ca.store import Store, upgrade
 from hsm.api import KeyAlgorithm
 from hsm.keys import private_key
-from tests.test_enrollment import _copy_ca_rows
+from tests.cafixtures import _copy_ca_rows
 
 
 @pytest.fixture

@@ -42,8 +42,8 @@ from ca.store import Store, upgrade
 from hsm.errors import HsmUnavailable
 from kakuin.app import create_app
 from kakuin.services import Services
+from tests.cafixtures import _copy_ca_rows
 from tests.dbutil import database, sqlite_url
-from tests.test_enrollment import _copy_ca_rows
 
 TOOLS = Path(sys.executable).parent
 Status = x509_ocsp.OCSPResponseStatus
