@@ -1,0 +1,256 @@
+"""The read-mostly facade the signing side may use (design: ``signing`` -> ``ca.status`` only).
+
+It hands out credentials (HSM key id + certificate chain as DER), revocation artefacts,
+authentication and the few writes sealing needs (TSA serials, audit entries). DER bytes and
+plain values cross the boundary, never ORM rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp as x509_ocsp
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from ca import audit as _audit
+from ca import crl as _crl
+from ca import ocsp as _ocsp
+from ca.clients import Principal, Unauthenticated, authenticate
+from ca.errors import CAError, Conflict, Forbidden, InvalidRequest, NotFound
+from ca.models import Certificate, Organization, TsaSerial, serial_hex
+from ca.store import Store
+from hsm.api import KeyManager
+
+__all__ = [
+    "CAError",
+    "Conflict",
+    "Credential",
+    "Forbidden",
+    "InvalidRequest",
+    "NotFound",
+    "Principal",
+    "Unauthenticated",
+    "authenticate_header",
+    "ca_chain",
+    "crl_der",
+    "may_seal",
+    "ocsp_response_der",
+    "record",
+    "record_tsa_serial",
+    "seal_credential",
+    "tsa_credential",
+]
+
+
+@dataclass(frozen=True)
+class Credential:
+    """A key in our HSM and its certificate chain (leaf first, root last), as DER."""
+
+    key_id: bytes
+    algorithm: str
+    certificate: bytes
+    chain: tuple[bytes, ...]
+    serial: str
+    issuer_name: str
+    organization_id: int | None
+    organization_name: str | None
+
+
+def _chain_for(session: Any, leaf: x509.Certificate) -> tuple[bytes, ...]:
+    """Issuer certificates up to the root, found by subject in our store."""
+    out: list[bytes] = []
+    current = leaf
+    for _ in range(4):
+        if current.issuer == current.subject:
+            break
+        rows = session.scalars(
+            select(Certificate).where(
+                Certificate.kind.in_(("root", "issuing")),
+                Certificate.status == "issued",
+                Certificate.der.is_not(None),
+            )
+        ).all()
+        parent = None
+        for row in rows:
+            cert = x509.load_der_x509_certificate(row.der)
+            if cert.subject == current.issuer:
+                try:
+                    current.verify_directly_issued_by(cert)
+                except (ValueError, TypeError, InvalidSignature):
+                    continue
+                parent = cert
+                out.append(row.der)
+                break
+        if parent is None:
+            break
+        current = parent
+    return tuple(out)
+
+
+def _credential(session: Any, row: Certificate) -> Credential:
+    assert row.der is not None and row.hsm_key_id is not None
+    leaf = x509.load_der_x509_certificate(row.der)
+    org = session.get(Organization, row.organization_id) if row.organization_id else None
+    return Credential(
+        key_id=bytes.fromhex(row.hsm_key_id),
+        algorithm=type(leaf.public_key()).__name__,
+        certificate=row.der,
+        chain=(row.der, *_chain_for(session, leaf)),
+        serial=row.serial,
+        issuer_name=row.issuer_name,
+        organization_id=row.organization_id,
+        organization_name=org.name_ja if org else None,
+    )
+
+
+def _usable(query: Any, now: datetime) -> Any:
+    return query.where(
+        Certificate.status == "issued",
+        Certificate.der.is_not(None),
+        Certificate.hsm_key_id.is_not(None),
+        Certificate.not_before <= now,
+        Certificate.not_after > now,
+    )
+
+
+def tsa_credential(store: Store, now: datetime | None = None) -> Credential:
+    """The newest valid TSA certificate whose key we hold."""
+    now = now or datetime.now(UTC)
+    with store.session() as s:
+        row = s.scalars(
+            _usable(select(Certificate).where(Certificate.kind == "tsa"), now).order_by(
+                Certificate.not_before.desc()
+            )
+        ).first()
+        if row is None:
+            raise NotFound("no valid TSA certificate; run `kakuin init`")
+        return _credential(s, row)
+
+
+def seal_credential(store: Store, organization_id: int, now: datetime | None = None) -> Credential:
+    """The organization's newest valid e-seal certificate with a key hosted in our HSM."""
+    now = now or datetime.now(UTC)
+    with store.session() as s:
+        row = s.scalars(
+            _usable(
+                select(Certificate).where(
+                    Certificate.kind == "eseal", Certificate.organization_id == organization_id
+                ),
+                now,
+            ).order_by(Certificate.not_before.desc())
+        ).first()
+        if row is None:
+            raise NotFound(f"organization {organization_id} has no valid hosted e-seal")
+        return _credential(s, row)
+
+
+def ca_chain(store: Store) -> tuple[bytes, ...]:
+    """The issuing CA and root certificates (DER), issuing first."""
+    with store.session() as s:
+        rows = s.scalars(
+            select(Certificate)
+            .where(
+                Certificate.kind.in_(("issuing", "root")),
+                Certificate.status == "issued",
+                Certificate.der.is_not(None),
+            )
+            .order_by(Certificate.kind)
+        ).all()
+        return tuple(r.der for r in rows if r.der)
+
+
+def crl_der(store: Store, issuer_name: str) -> bytes | None:
+    row = _crl.latest(store, issuer_name)
+    return row.der if row is not None else None
+
+
+def ocsp_response_der(
+    store: Store, keys: KeyManager, issuer_name: str, certificate: bytes, issuer: bytes
+) -> bytes:
+    """The OCSP response a relying party would get for ``certificate`` (pre-signed when
+    possible), for embedding as long-term validation data."""
+    request = (
+        x509_ocsp.OCSPRequestBuilder()
+        .add_certificate(
+            x509.load_der_x509_certificate(certificate),
+            x509.load_der_x509_certificate(issuer),
+            hashes.SHA256(),
+        )
+        .build()
+        .public_bytes(serialization.Encoding.DER)
+    )
+    result = _ocsp.Responder.load(store, keys, issuer_name).respond(request)
+    return result.der
+
+
+def authenticate_header(store: Store, header: str | None) -> Principal:
+    with store.session() as s:
+        return authenticate(s, header)
+
+
+def may_seal(store: Store, principal: Principal, organization_id: int) -> bool:
+    """Only the organization's own systems seal with its hosted key (and the operator)."""
+    if principal.role == "ca-operator":
+        return True
+    return (
+        principal.role in ("school-system", "board-officer")
+        and principal.organization_id == organization_id
+    )
+
+
+def record(
+    store: Store,
+    *,
+    actor: str,
+    action: str,
+    organization_id: int | None = None,
+    object_type: str | None = None,
+    object_id: str | None = None,
+    digest: str | None = None,
+    request_id: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Append an audit entry (digests, organization, actor, time: never content)."""
+    with store.session() as s:
+        _audit.record(
+            s,
+            actor=actor,
+            action=action,
+            organization_id=organization_id,
+            object_type=object_type,
+            object_id=object_id,
+            digest=digest,
+            request_id=request_id,
+            details=details,
+        )
+
+
+def record_tsa_serial(
+    store: Store,
+    serial: int,
+    *,
+    imprint_hex: str,
+    hash_algorithm: str,
+    policy_oid: str,
+    issued_at: datetime,
+) -> None:
+    """Reserve a timestamp serial; a duplicate is a Conflict (the caller draws again)."""
+    try:
+        with store.session() as s:
+            s.add(
+                TsaSerial(
+                    serial=serial_hex(serial),
+                    issued_at=issued_at,
+                    imprint_sha256=imprint_hex,
+                    hash_algorithm=hash_algorithm,
+                    policy_oid=policy_oid,
+                )
+            )
+    except IntegrityError as exc:
+        raise Conflict("timestamp serial already used") from exc
