@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime
 
 import pytest
@@ -15,7 +16,7 @@ def test_tsa_credential_chains_to_the_root(services):
     cred = status.tsa_credential(services.store)
     certs = [x509.load_der_x509_certificate(d) for d in cred.chain]
     assert certs[0].serial_number == int(cred.serial, 16)
-    for child, parent in zip(certs, certs[1:], strict=False):
+    for child, parent in itertools.pairwise(certs):
         child.verify_directly_issued_by(parent)
     assert certs[-1].subject == certs[-1].issuer
     assert services.keys.find(key_id=cred.key_id).label.endswith("-tsa")
