@@ -20,6 +20,7 @@ from ca import protocol_api
 from ca.errors import CAError
 from hsm.api import HashAlg, KeyRef, SignScheme
 from hsm.errors import HsmError
+from signing.errors import SigningError
 from kakuin import logs
 from kakuin.services import HEALTHCHECK_KEY_LABEL, Services
 from kakuin.settings import Settings, load_settings
@@ -150,6 +151,10 @@ def _register_request_hooks(app: Flask) -> None:
 def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(CAError)
     def ca_error(exc: CAError) -> Any:
+        return problem(exc.status, exc.type, exc.title, exc.detail)
+
+    @app.errorhandler(SigningError)
+    def signing_error(exc: SigningError) -> Any:
         return problem(exc.status, exc.type, exc.title, exc.detail)
 
     @app.errorhandler(HsmError)

@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-WEB_OR_CLI = {"api.py", "cli.py", "protocol_api.py"}
+WEB_OR_CLI = {"api.py", "cli.py", "protocol_api.py", "csc_api.py"}
 
 
 def _imports(path: Path) -> set[str]:
