@@ -266,6 +266,21 @@ class TsaSerial(Base):
     policy_oid: Mapped[str] = mapped_column(String(64))
 
 
+class UsedToken(Base):
+    """Single-use tokens (e.g. CSC signature activation data) already spent.
+
+    A unique insert is the consumption, so a token is spent once across all workers and
+    instances sharing the database. Rows past ``expires_at`` may be purged.
+    """
+
+    __tablename__ = "used_tokens"
+
+    token_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    purpose: Mapped[str] = mapped_column(String(32))
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    used_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class AuditEntry(Base):
     """One link of the hash-chained audit log (see ``ca.audit``).
 

@@ -23,7 +23,7 @@ from ca import crl as _crl
 from ca import ocsp as _ocsp
 from ca.clients import Principal, Unauthenticated, authenticate
 from ca.errors import CAError, Conflict, Forbidden, InvalidRequest, NotFound
-from ca.models import Certificate, Organization, TsaSerial, serial_hex
+from ca.models import Certificate, Organization, TsaSerial, UsedToken, serial_hex
 from ca.store import Store
 from hsm.api import KeyManager
 
@@ -38,6 +38,7 @@ __all__ = [
     "Unauthenticated",
     "authenticate_header",
     "ca_chain",
+    "consume_token",
     "crl_der",
     "may_seal",
     "ocsp_response_der",
@@ -229,6 +230,18 @@ def record(
             request_id=request_id,
             details=details,
         )
+
+
+def consume_token(store: Store, token_id: str, *, purpose: str, expires_at: datetime) -> bool:
+    """Spend a single-use token; False when it was already spent (by any worker)."""
+    if not token_id or len(token_id) > 64:
+        raise InvalidRequest("token id must be 1-64 characters")
+    try:
+        with store.session() as s:
+            s.add(UsedToken(token_id=token_id, purpose=purpose[:32], expires_at=expires_at))
+    except IntegrityError:
+        return False
+    return True
 
 
 def record_tsa_serial(

@@ -49,3 +49,12 @@ def test_crl_and_chain(services, settings):
     assert status.crl_der(services.store, settings.ca.issuing_name)
     chain = status.ca_chain(services.store)
     assert len(chain) == 2
+
+
+def test_single_use_tokens(services):
+    from datetime import timedelta
+
+    expires = datetime.now(UTC) + timedelta(minutes=5)
+    assert status.consume_token(services.store, "sad-abc", purpose="csc-sad", expires_at=expires)
+    assert not status.consume_token(services.store, "sad-abc", purpose="csc-sad",
+                                    expires_at=expires)

@@ -33,9 +33,17 @@ def _org(**overrides: object) -> Organization:
 def test_upgrade_reaches_head_and_is_idempotent(db_url: str) -> None:
     assert current_revision(db_url) is None
     upgrade(db_url)
-    assert current_revision(db_url) == head_revision() == "0001"
+    assert current_revision(db_url) == head_revision() == "0002"
     upgrade(db_url)
+    assert current_revision(db_url) == "0002"
+
+
+def test_migrations_go_step_by_step(db_url: str) -> None:
+    """An instance at 0001 (the first release) upgrades to the newest schema."""
+    upgrade(db_url, "0001")
     assert current_revision(db_url) == "0001"
+    upgrade(db_url)
+    assert current_revision(db_url) == head_revision()
 
 
 def test_downgrade_to_base_and_back(db_url: str) -> None:
