@@ -32,7 +32,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -435,8 +435,13 @@ def due(store: Store, issuer_name: str, now: datetime, refresh_before: timedelta
     crl = x509.load_der_x509_crl(der or b"")
     if len(crl) != expected:
         return True
+    find: Callable[[int], x509.RevokedCertificate | None]
+    find = crl.get_revoked_certificate_by_serial_number  # a linear scan: ~8 ms per 100k
+    if len(changed) > 10:
+        by_serial = {entry.serial_number: entry for entry in crl}  # ~0.1 s per 100k
+        find = by_serial.get
     for serial, status, reason in changed:
-        entry = crl.get_revoked_certificate_by_serial_number(int(serial, 16))
+        entry = find(int(serial, 16))
         if entry is None:
             return True
         try:
@@ -473,8 +478,10 @@ def publish_due(
     """For a scheduler: publish each authority's CRL that is ``due``; returns those published.
 
     ``refresh_before`` defaults to half the validity, so a CRL is replaced well before its
-    nextUpdate. With ``pki_dir``, each ``<name>.crl`` there is brought up to the newest
-    stored CRL, including one another instance published.
+    nextUpdate. ``now`` is what ``due`` judges by; thisUpdate is still read from the clock
+    under the counter lock, so it rises with the CRL number even across workers. With
+    ``pki_dir``, each ``<name>.crl`` there is brought up to the newest stored CRL, including
+    one another instance published.
     """
     refresh = validity / 2 if refresh_before is None else refresh_before
     at = now or datetime.now(UTC)
@@ -488,7 +495,6 @@ def publish_due(
                     issuer_cert=authority.certificate,
                     issuer_key=authority.key,
                     validity=validity,
-                    now=now,
                     actor=actor,
                 )
             )

@@ -274,6 +274,18 @@ def test_due_after_revocation_lifted_hold_and_before_next_update(env: Env, servi
     assert crl.due(env.store, name, now, refresh)
 
 
+def test_due_with_many_recent_changes(env: Env, services) -> None:
+    """More than ten changes since the last CRL are looked up in one pass over it."""
+    certs = _issue(services, env.store, 12)
+    for cert in certs:
+        _revoke(env.store, cert, "superseded")
+    now, refresh = datetime.now(UTC), timedelta(hours=12)
+    _publish(env)
+    assert not crl.due(env.store, env.issuing.name, now, refresh)
+    _revoke(env.store, certs[0], "keyCompromise")
+    assert crl.due(env.store, env.issuing.name, now, refresh)
+
+
 def test_publish_due_publishes_and_keeps_files_current(env: Env, services) -> None:
     authorities = [env.issuing, env.root]
     first = crl.publish_due(env.store, authorities=authorities, pki_dir=env.out)
