@@ -16,7 +16,11 @@ def _imports(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             out.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            out.add(node.module)
+            if node.module in ("ca", "hsm", "signing", "kakuin"):
+                # `from ca import status` imports the module ca.status
+                out.update(f"{node.module}.{a.name}" for a in node.names)
+            else:
+                out.add(node.module)
     return out
 
 
@@ -33,8 +37,7 @@ def test_hsm_imports_nothing_of_ours():
 def test_signing_uses_only_ca_status():
     for path in _modules("signing"):
         bad = {m for m in _imports(path)
-               if m.split(".")[0] == "kakuin" or (m.startswith("ca") and m.split(".")[0] == "ca"
-                                                  and m != "ca.status")}
+               if m.split(".")[0] == "kakuin" or (m.split(".")[0] == "ca" and m != "ca.status")}
         assert not bad, f"{path}: {bad}"
 
 
