@@ -45,10 +45,15 @@ class HashAlg(StrEnum):
 
     @property
     def digest_size(self) -> int:
-        return hashlib.new(self.value).digest_size
+        return _DIGEST_SIZES[self.value]
 
     def digest(self, data: bytes) -> bytes:
-        return hashlib.new(self.value, data).digest()
+        return _HASHERS[self.value](data).digest()
+
+
+# Looked up per signature: constants beat hashlib.new() on the hot path.
+_DIGEST_SIZES = {"sha256": 32, "sha384": 48, "sha512": 64}
+_HASHERS = {"sha256": hashlib.sha256, "sha384": hashlib.sha384, "sha512": hashlib.sha512}
 
 
 class SignScheme(StrEnum):

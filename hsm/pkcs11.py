@@ -12,9 +12,10 @@ module is initialised again before use (gunicorn workers inherit a dead PKCS#11 
 from __future__ import annotations
 
 import os
-import queue
 import secrets
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -94,7 +95,11 @@ class Pkcs11KeyManager:
         self._pid: int | None = None
         self._lib: Any = None
         self._token: Any = None
-        self._pool: queue.LifoQueue[Any] = queue.LifoQueue()
+        # Idle sessions. deque.pop/append are atomic, so the hot path takes no lock; the
+        # condition only serves callers waiting for a session when all are busy.
+        self._idle: deque[Any] = deque()
+        self._returned = threading.Condition(threading.Lock())
+        self._waiters = 0
         self._opened = 0
         self._handles: dict[tuple[int, bytes], Any] = {}
 
@@ -121,10 +126,10 @@ class Pkcs11KeyManager:
             raise HsmUnavailable(f"cannot load PKCS#11 module {self.module_path}: {exc}") from exc
         self._lib, self._token = lib, token
         self._handles = {}
-        self._pool = queue.LifoQueue()
+        self._idle = deque()
         self._opened = 0
         self._pid = os.getpid()
-        self._pool.put(self._open_session())
+        self._idle.append(self._open_session())
 
     def _open_session(self) -> Any:
         try:
@@ -155,34 +160,54 @@ class Pkcs11KeyManager:
             if self._pid != os.getpid() or self._token is None:
                 self._load()
 
+    def _acquire(self) -> Any:
+        try:
+            return self._idle.pop()
+        except IndexError:
+            pass
+        with self._lock:
+            if self._opened < self._size:
+                return self._open_session()
+        deadline = time.monotonic() + self._timeout
+        with self._returned:
+            self._waiters += 1
+            try:
+                while True:
+                    try:
+                        return self._idle.pop()
+                    except IndexError:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            raise HsmUnavailable("timed out waiting for an HSM session") from None
+                        # Short waits: a release that raced past notify() costs at most this.
+                        self._returned.wait(min(remaining, 0.05))
+            finally:
+                self._waiters -= 1
+
+    def _release(self, session: Any) -> None:
+        self._idle.append(session)
+        if self._waiters:
+            with self._returned:
+                self._returned.notify()
+
+    def _discard(self, session: Any) -> None:
+        with self._lock:
+            self._opened -= 1
+            self._forget_handles(lambda k: k[0] == id(session))
+
     @contextmanager
     def _session(self) -> Iterator[Any]:
         self._ensure_loaded()
-        session = None
-        try:
-            session = self._pool.get_nowait()
-        except queue.Empty:
-            with self._lock:
-                if self._opened < self._size:
-                    session = self._open_session()
-            if session is None:
-                try:
-                    session = self._pool.get(timeout=self._timeout)
-                except queue.Empty as exc:
-                    raise HsmUnavailable("timed out waiting for an HSM session") from exc
-        healthy = True
+        session = self._acquire()
         try:
             yield session
         except _LOST_SESSION:
-            healthy = False
+            self._discard(session)
             raise
-        finally:
-            if healthy:
-                self._pool.put(session)
-            else:
-                with self._lock:
-                    self._opened -= 1
-                    self._forget_handles(lambda k: k[0] == id(session))
+        except BaseException:
+            self._release(session)
+            raise
+        self._release(session)
 
     def _run(self, op: Callable[[Any], Any]) -> Any:
         """Run ``op(session)``; reopen once if the session was lost under us."""
@@ -211,11 +236,8 @@ class Pkcs11KeyManager:
 
     def close(self) -> None:
         with self._lock:
-            while True:
-                try:
-                    session = self._pool.get_nowait()
-                except queue.Empty:
-                    break
+            while self._idle:
+                session = self._idle.pop()
                 try:
                     session.close()
                 except p11x.PKCS11Error:
@@ -371,7 +393,10 @@ class Pkcs11KeyManager:
     def sign_digest(
         self, key: KeyRef, digest: bytes, hash_alg: HashAlg, scheme: SignScheme
     ) -> bytes:
-        hash_alg, scheme = HashAlg(hash_alg), SignScheme(scheme)
+        if type(hash_alg) is not HashAlg:
+            hash_alg = HashAlg(hash_alg)
+        if type(scheme) is not SignScheme:
+            scheme = SignScheme(scheme)
         if len(digest) != hash_alg.digest_size:
             raise HsmUnsupported(
                 f"digest is {len(digest)} bytes, {hash_alg.value} needs {hash_alg.digest_size}"
@@ -390,23 +415,48 @@ class Pkcs11KeyManager:
             hash_mech, mgf = _PSS_PARAMS[hash_alg]
             mechanism, param, data = Mechanism.RSA_PKCS_PSS, (hash_mech, mgf, len(digest)), digest
 
-        def op(session: Any) -> bytes:
-            priv = self._private_handle(session, key)
-            try:
-                sig: bytes = priv.sign(data, mechanism=mechanism, mechanism_param=param)
-            except (p11x.ObjectHandleInvalid, p11x.KeyHandleInvalid):
-                self._handles.pop((id(session), key.key_id), None)
-                priv = self._private_handle(session, key)
-                sig = priv.sign(data, mechanism=mechanism, mechanism_param=param)
-            return sig
-
-        raw: bytes = self._run(op)
+        raw = self._sign_fast(key.key_id, data, mechanism, param)
+        if raw is None:
+            raw = self._run(lambda session: self._sign_op(session, key, data, mechanism, param))
         if scheme is SignScheme.ECDSA:
             half = len(raw) // 2
             return encode_dss_signature(
                 int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
             )
         return raw
+
+    def _sign_fast(self, key_id: bytes, data: bytes, mechanism: Any, param: Any) -> bytes | None:
+        """The hot path: an idle session whose key handle is cached, no retries, no generator.
+
+        Anything unusual returns None and the caller takes the general path (which reopens
+        lost sessions and looks the key up again).
+        """
+        if self._pid != os.getpid():
+            return None
+        try:
+            session = self._idle.pop()
+        except IndexError:
+            return None
+        try:
+            priv = self._handles.get((id(session), key_id))
+            if priv is None:
+                return None
+            sig: bytes = priv.sign(data, mechanism=mechanism, mechanism_param=param)
+            return sig
+        except p11x.PKCS11Error:
+            return None
+        finally:
+            self._release(session)
+
+    def _sign_op(self, session: Any, key: KeyRef, data: bytes, mechanism: Any, param: Any) -> bytes:
+        priv = self._private_handle(session, key)
+        try:
+            sig: bytes = priv.sign(data, mechanism=mechanism, mechanism_param=param)
+        except (p11x.ObjectHandleInvalid, p11x.KeyHandleInvalid):
+            self._handles.pop((id(session), key.key_id), None)
+            priv = self._private_handle(session, key)
+            sig = priv.sign(data, mechanism=mechanism, mechanism_param=param)
+        return sig
 
     def sign(self, key: KeyRef, data: bytes, hash_alg: HashAlg, scheme: SignScheme) -> bytes:
         return self.sign_digest(key, HashAlg(hash_alg).digest(data), hash_alg, scheme)
