@@ -48,7 +48,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from asn1crypto import keys as asn1_keys
 from asn1crypto import ocsp as asn1_ocsp
@@ -57,9 +57,15 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509 import ocsp as x509_ocsp
-from sqlalchemy import and_, bindparam, select
+from sqlalchemy import Engine, and_, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    StatementError,
+)
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from ca import audit
@@ -447,6 +453,85 @@ _LOOKUP = (
 )
 
 
+class _Found(NamedTuple):
+    """One ``_LOOKUP`` row: the certificate's status columns, then its stored response."""
+
+    status: str
+    revocation_reason: str | None
+    revoked_at: datetime | None
+    invalidity_date: datetime | None
+    updated_at: datetime | None
+    der: bytes | None
+    this_update: datetime | None
+    next_update: datetime | None
+    produced_at: datetime | None
+
+
+class _PresignedLookup:
+    """``_LOOKUP`` for one request, run on a pooled DBAPI connection.
+
+    SQLAlchemy's Connection and Result machinery costs about ten times the query itself here
+    (~100 µs against ~10 µs on SQLite), the largest share of a pre-signed answer. What callers
+    see stays the same: the SQL is ``_LOOKUP`` compiled once for the engine's dialect, the
+    connection comes from the same pool (pre-ping, rollback on return), values go through the
+    columns' own result processors (aware UTC datetimes), and DBAPI errors are raised wrapped
+    as SQLAlchemy's (OperationalError -> tryLater), a lost connection being invalidated.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        dialect = engine.dialect
+        compiled = _LOOKUP.compile(dialect=dialect)
+        self._engine = engine
+        self._sql = compiled.string
+        self._positional = tuple(compiled.positiontup or ()) if compiled.positional else None
+        processors = [
+            column.type.dialect_impl(dialect).result_processor(dialect, None)
+            for column in _LOOKUP.selected_columns
+        ]
+        self._processors = [(i, f) for i, f in enumerate(processors) if f is not None]
+        self._dbapi_error: type[Exception] = dialect.loaded_dbapi.Error
+
+    def __call__(self, issuer: str, serial: str) -> _Found | None:
+        params = {"issuer": issuer, "serial": serial}
+        args: Any = params if self._positional is None else [params[k] for k in self._positional]
+        try:
+            conn = self._engine.raw_connection()
+        except self._dbapi_error as exc:
+            raise self._wrapped(exc, params, None) from exc
+        try:
+            cursor = conn.cursor()
+            try:
+                cursor.execute(self._sql, args)
+                row = cursor.fetchone()
+            finally:
+                cursor.close()
+        except self._dbapi_error as exc:
+            raise self._wrapped(exc, params, conn) from exc
+        finally:
+            conn.close()
+        if row is None:
+            return None
+        values = list(row)
+        for i, process in self._processors:
+            values[i] = process(values[i])
+        return _Found._make(values)
+
+    def _wrapped(self, exc: Any, params: dict[str, str], conn: Any) -> StatementError:
+        dialect = self._engine.dialect
+        lost = bool(dialect.is_disconnect(exc, conn and conn.dbapi_connection, None))
+        if lost and conn is not None:
+            conn.invalidate(exc)  # not back into the pool
+        return DBAPIError.instance(  # as SQLAlchemy's Connection wraps them
+            self._sql,
+            params,
+            exc,
+            self._dbapi_error,
+            hide_parameters=self._engine.hide_parameters,
+            connection_invalidated=lost,
+            dialect=dialect,
+        )
+
+
 def _upsert(dialect: str, values: dict[str, Any]) -> Any:
     """Insert or replace the row. Last writer wins, with no ordering guard: a write that
     lost a race with a status change is caught by the next request's status check, whereas
@@ -503,6 +588,7 @@ class Responder:
         self.validity = validity
         self.presigned_hashes = presigned_hashes
         self.not_after = certificate.not_valid_after_utc
+        self._lookup = _PresignedLookup(store.engine)
         name_der, key_bits = issuer.subject.public_bytes(), _key_bits(issuer)
         # (hash OID, issuerNameHash, issuerKeyHash) -> the CertID's DER up to the serial
         self._issuer_ids: dict[tuple[str, bytes, bytes], bytes] = {}
@@ -581,24 +667,28 @@ class Responder:
         return self._on_the_fly(request, ours, now)
 
     def _presigned(self, cert_id: CertIdRequest, serial: str, now: datetime) -> OcspResult:
-        with self.store.engine.connect() as conn:
-            row = conn.execute(_LOOKUP, {"issuer": self.issuer_name, "serial": serial}).first()
+        row = self._lookup(self.issuer_name, serial)
         if row is None:  # never issued by us: unknown, not stored
             return self._on_the_fly(
                 ParsedRequest((cert_id,), None), [self._prefix[cert_id.hash_name or ""]], now
             )
         state = _state(*row[:5])
-        der: bytes | None = row.der
-        if der is not None and now < row.next_update and self._asserts(der, cert_id, state):
+        der, next_update = row.der, row.next_update  # both None when nothing is stored yet
+        if (
+            der is not None
+            and next_update is not None
+            and now < next_update
+            and self._asserts(der, cert_id, state)
+        ):
             stored = OcspResult(
                 der,
                 Status.SUCCESSFUL,
                 row.produced_at,
                 row.this_update,
-                row.next_update,
+                next_update,
                 cacheable=True,
             )
-            if now < row.next_update - self.validity / 2:
+            if now < next_update - self.validity / 2:
                 return stored
             try:
                 return self._store_signed(serial, state, now)

@@ -35,6 +35,7 @@ __all__ = [
     "InvalidRequest",
     "NotFound",
     "Principal",
+    "Store",
     "Unauthenticated",
     "authenticate_header",
     "ca_chain",
@@ -63,8 +64,31 @@ class Credential:
     organization_name: str | None
 
 
+_chains: dict[tuple[bytes, bytes], tuple[bytes, ...]] = {}
+
+
 def _chain_for(session: Any, leaf: x509.Certificate) -> tuple[bytes, ...]:
-    """Issuer certificates up to the root, found by subject in our store."""
+    """Issuer certificates up to the root, found by subject in our store.
+
+    Cached by (issuer name, authority key id): sealing asks for it on every request, and
+    the CA certificates above a leaf do not change while it is valid.
+    """
+    try:
+        aki = leaf.extensions.get_extension_for_class(
+            x509.AuthorityKeyIdentifier).value.key_identifier or b""
+    except x509.ExtensionNotFound:
+        aki = b""
+    key = (leaf.issuer.public_bytes(), aki)
+    cached = _chains.get(key)
+    if cached is not None:
+        return cached
+    chain = _find_chain(session, leaf)
+    if chain:
+        _chains[key] = chain
+    return chain
+
+
+def _find_chain(session: Any, leaf: x509.Certificate) -> tuple[bytes, ...]:
     out: list[bytes] = []
     current = leaf
     for _ in range(4):
@@ -196,9 +220,8 @@ def authenticate_header(store: Store, header: str | None) -> Principal:
 
 
 def may_seal(store: Store, principal: Principal, organization_id: int) -> bool:
-    """Only the organization's own systems seal with its hosted key (and the operator)."""
-    if principal.role == "ca-operator":
-        return True
+    """Only the organization's own systems seal with its hosted key: not its board, not the
+    operator (a seal says *this organization* issued the document)."""
     return (
         principal.role in ("school-system", "board-officer")
         and principal.organization_id == organization_id

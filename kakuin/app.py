@@ -20,10 +20,13 @@ from ca import protocol_api
 from ca.errors import CAError
 from hsm.api import HashAlg, KeyRef, SignScheme
 from hsm.errors import HsmError
-from signing.errors import SigningError
 from kakuin import logs
 from kakuin.services import HEALTHCHECK_KEY_LABEL, Services
 from kakuin.settings import Settings, load_settings
+from signing import api as signing_api
+from signing import csc_api
+from signing.csc import CscService, load_sad_key
+from signing.errors import SigningError
 
 log = logging.getLogger("kakuin.http")
 PROBLEM_BASE = "urn:kakuin:problem:"
@@ -68,6 +71,10 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
     app.config["KAKUIN_PKI_DIR"] = str(settings.pki_dir)
     app.register_blueprint(ca_api.bp)
     app.register_blueprint(protocol_api.bp)
+    app.extensions["signing"] = svc.signing
+    app.register_blueprint(signing_api.bp)
+    csc_api.init_app(app, CscService(svc.store, svc.keys,
+                                     load_sad_key(settings.home / "secrets" / "csc-sad.key")))
     _register_request_hooks(app)
     _register_error_handlers(app)
 

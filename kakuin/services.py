@@ -16,6 +16,13 @@ from hsm import softhsm
 from hsm.api import KeyAlgorithm
 from hsm.pkcs11 import Pkcs11KeyManager
 from kakuin.settings import Settings
+from signing.service import SigningService
+from signing.tsa import (
+    LocalTimeStamper,
+    TimeStampAuthority,
+    external_timestamper,
+    kernel_clock_check,
+)
 
 HEALTHCHECK_KEY_LABEL = "kakuin-healthcheck"
 
@@ -63,14 +70,20 @@ class Services:
     keys: Pkcs11KeyManager
     profiles: dict[str, Profile]
     ca: CAService = field(init=False)
+    signing: SigningService = field(init=False)
 
     def __post_init__(self) -> None:
         self.ca = CAService(
-            self.store, self.keys, self.profiles, self.settings.ca.issuing_name,
-            self.settings.base_url, root_name=self.settings.ca.root_name,
+            self.store,
+            self.keys,
+            self.profiles,
+            self.settings.ca.issuing_name,
+            self.settings.base_url,
+            root_name=self.settings.ca.root_name,
             pki_dir=self.settings.pki_dir,
             crl_validity=timedelta(hours=self.settings.status.crl_validity_hours),
         )
+        self.signing = make_signing_service(self.settings, self.store, self.keys)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -123,3 +136,29 @@ def _secret(path: Path) -> str:
     value = secrets.token_urlsafe(18)
     _write_secret(path, value)
     return value
+
+
+def make_signing_service(
+    settings: Settings, store: Store, keys: Pkcs11KeyManager
+) -> SigningService:
+    sig = settings.signing
+    tsa = TimeStampAuthority(
+        store,
+        keys,
+        policy_oid=sig.tsa_policy_oid,
+        clock_check=kernel_clock_check() if sig.tsa_clock_check == "kernel" else None,
+    )
+    timestamper = (
+        external_timestamper(sig.external_tsa_url)
+        if sig.external_tsa_url
+        else LocalTimeStamper(tsa)
+    )
+    return SigningService(
+        store,
+        keys,
+        tsa,
+        timestamper,
+        verify_url=f"{settings.base_url}/verify",
+        crl_issuers=(settings.ca.root_name,),
+        max_pdf_bytes=int(sig.max_pdf_mb * 1024 * 1024),
+    )

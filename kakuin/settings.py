@@ -67,6 +67,14 @@ class StatusSettings:
 
 
 @dataclass(frozen=True)
+class SigningSettings:
+    tsa_policy_oid: str
+    tsa_clock_check: str
+    external_tsa_url: str
+    max_pdf_mb: float
+
+
+@dataclass(frozen=True)
 class Settings:
     home: Path
     config_dir: Path
@@ -79,6 +87,7 @@ class Settings:
     hsm: HsmSettings
     ca: CASettings
     status: StatusSettings
+    signing: SigningSettings
 
     @property
     def pki_dir(self) -> Path:
@@ -122,7 +131,15 @@ _ENV = {
     "KAKUIN_HSM_TOKEN_LABEL": ("hsm", "token_label"),
     "KAKUIN_HSM_SESSIONS": ("hsm", "sessions"),
     "KAKUIN_MAINTENANCE_INTERVAL": ("status", "maintenance_interval_seconds"),
+    "KAKUIN_TSA_CLOCK_CHECK": ("signing", "tsa_clock_check"),
+    "KAKUIN_EXTERNAL_TSA_URL": ("signing", "external_tsa_url"),
 }
+
+
+def _choice(value: Any, allowed: tuple[str, ...], name: str) -> str:
+    if value not in allowed:
+        raise SettingsError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
+    return str(value)
 
 
 def load_settings(home: Path | str | None = None, **overrides: Any) -> Settings:
@@ -151,6 +168,7 @@ def load_settings(home: Path | str | None = None, **overrides: Any) -> Settings:
     try:
         server, db, hsm, ca = data["server"], data["database"], data["hsm"], data["ca"]
         status = data["status"]
+        signing = data["signing"]
         database_url = db.get("url") or f"sqlite:///{home_path / 'kakuin.db'}"
         return Settings(
             home=home_path,
@@ -173,6 +191,13 @@ def load_settings(home: Path | str | None = None, **overrides: Any) -> Settings:
             status=StatusSettings(
                 crl_validity_hours=float(status["crl_validity_hours"]),
                 maintenance_interval_seconds=float(status["maintenance_interval_seconds"]),
+            ),
+            signing=SigningSettings(
+                tsa_policy_oid=str(signing["tsa_policy_oid"]),
+                tsa_clock_check=_choice(signing["tsa_clock_check"], ("certificate", "kernel"),
+                                        "signing.tsa_clock_check"),
+                external_tsa_url=str(signing["external_tsa_url"]),
+                max_pdf_mb=float(signing["max_pdf_mb"]),
             ),
         )
     except (KeyError, TypeError, ValueError) as exc:

@@ -1,0 +1,115 @@
+"""Sealing as one object the web layer and CLI hold: who may seal, with which key, audited.
+
+Documents are processed in memory and never stored; the audit log keeps their digests,
+the organization, the acting client and the time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+from pyhanko.sign.timestamps import TimeStamper
+
+from ca import status
+from hsm.api import KeyManager
+from signing import jades, pdf
+from signing.errors import NotAllowed, SigningError
+from signing.tsa import TimeStampAuthority, timestamp_token
+
+JSON_LEVELS = ("B-B", "B-T", "B-LT")
+
+
+@dataclass
+class SigningService:
+    store: status.Store
+    keys: KeyManager
+    tsa: TimeStampAuthority
+    timestamper: TimeStamper
+    verify_url: str
+    crl_issuers: tuple[str, ...] = ()
+    max_pdf_bytes: int = pdf.DEFAULT_MAX_BYTES
+
+    # -- who may seal -------------------------------------------------------------------------
+
+    def credential_for(self, principal: status.Principal, organization_id: int,
+                       *, request_id: str | None = None) -> status.Credential:
+        """The organization's hosted seal, if ``principal`` may use it (refusals audited)."""
+        if not status.may_seal(self.store, principal, organization_id):
+            status.record(self.store, actor=principal.actor, action="access.denied",
+                          organization_id=organization_id, object_type="seal",
+                          request_id=request_id,
+                          details={"attempted": "seal", "role": principal.role})
+            raise NotAllowed("only the organization's own systems may use its seal")
+        return status.seal_credential(self.store, organization_id)
+
+    # -- PDF ----------------------------------------------------------------------------------
+
+    def seal_pdf(self, principal: status.Principal, organization_id: int, document: bytes,
+                 options: pdf.SealOptions, *, request_id: str | None = None) -> pdf.SealResult:
+        credential = self.credential_for(principal, organization_id, request_id=request_id)
+        if options.verify_url is None:
+            options = dataclasses.replace(options, verify_url=self.verify_url)
+        validation = None
+        if options.level in ("B-LT", "B-LTA"):
+            validation = pdf.validation_material(self.store, self.keys, credential,
+                                                 crl_issuers=self.crl_issuers)
+        result = pdf.seal_pdf(document, credential, self.keys,
+                              timestamper=None if options.level == "B-B" else self.timestamper,
+                              validation=validation, options=options,
+                              max_bytes=self.max_pdf_bytes)
+        status.record(self.store, actor=principal.actor, action="seal.pdf",
+                      organization_id=organization_id, object_type="document",
+                      object_id=result.field_name, digest=result.input_sha256,
+                      request_id=request_id,
+                      details={"level": result.level, "output_sha256": result.output_sha256,
+                               "certificate": credential.serial})
+        return result
+
+    # -- JSON ---------------------------------------------------------------------------------
+
+    def seal_json(self, principal: status.Principal, organization_id: int,
+                  records: list[bytes], *, level: str = "B-B", detached: bool = False,
+                  names: list[str] | None = None,
+                  request_id: str | None = None) -> list[dict[str, Any]]:
+        """Each record gets its own JAdES signature; one audit entry per request whose
+        digest covers the SHA-256 of every record (listed in the entry when few)."""
+        if level not in JSON_LEVELS:
+            raise SigningError(f"level must be one of {', '.join(JSON_LEVELS)}")
+        credential = self.credential_for(principal, organization_id, request_id=request_id)
+        material = None
+        if level == "B-LT":
+            material = jades.gather_validation_material(
+                self.store, self.keys, credential, tsa=status.tsa_credential(self.store),
+                crl_issuers=list(self.crl_issuers))
+        timestamp = None
+        if level in ("B-T", "B-LT"):
+            def timestamp(data: bytes) -> bytes:
+                return timestamp_token(self.tsa, data).dump()
+        seals = jades.seal_batch(records, credential, self.keys,
+                                 level=cast(Literal["B-B", "B-T", "B-LT"], level),
+                                 detached=detached,
+                                 names=names, timestamp=timestamp, validation_material=material)
+        digests = [hashlib.sha256(jades.canonicalize(r)).hexdigest() for r in records]
+        details: dict[str, Any] = {"level": level, "count": len(records),
+                                   "certificate": credential.serial, "detached": detached}
+        if len(digests) <= 20:
+            details["record_sha256"] = digests
+        status.record(self.store, actor=principal.actor, action="seal.json",
+                      organization_id=organization_id, object_type="record-batch",
+                      digest=hashlib.sha256("".join(digests).encode()).hexdigest(),
+                      request_id=request_id, details=details)
+        return seals
+
+
+def records_from_batch(body: bytes) -> list[bytes]:
+    """``{"records": [ {...}, ... ]}`` parsed strictly (duplicate keys, NaN and bad UTF-8
+    anywhere are refused), each record handed on as its own JSON text."""
+    parsed = jades.parse_record(body)
+    records = parsed.get("records")
+    if not isinstance(records, list) or not records:
+        raise SigningError("'records' must be a non-empty array of JSON objects")
+    return [json.dumps(r, ensure_ascii=False).encode() for r in records]
