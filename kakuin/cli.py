@@ -30,6 +30,9 @@ from kakuin.services import (
     prepare_softhsm_token,
 )
 from kakuin.settings import Settings, SettingsError, load_settings
+from signing.cli import lta_group, seal_group
+from signing.errors import SigningError
+from signing.service import SigningService
 
 
 class Context:
@@ -58,6 +61,10 @@ class Context:
     def ca(self) -> CAService:
         return self.services.ca
 
+    @property
+    def signing(self) -> SigningService:
+        return self.services.signing
+
 
 class KakuinGroup(click.Group):
     """Turns the expected failures into one clear line and exit code 1, not a traceback."""
@@ -65,7 +72,7 @@ class KakuinGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (CAError, HsmError, SettingsError) as exc:
+        except (CAError, HsmError, SettingsError, SigningError) as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
 
@@ -89,6 +96,8 @@ main.add_command(audit_group)
 main.add_command(org_group)
 main.add_command(token_group)
 main.add_command(cert_group)
+main.add_command(seal_group)
+main.add_command(lta_group)
 
 
 @main.command()

@@ -95,7 +95,7 @@ def _validate(pdf: bytes, env: Env) -> Any:
     roots = [asn1_x509.Certificate.load(d) for d in status.ca_chain(env.store)
              if asn1_x509.Certificate.load(d).self_signed != "no"]
     reader = PdfFileReader(io.BytesIO(pdf))
-    return validate_pdf_signature(reader.embedded_signatures[-1],
+    return validate_pdf_signature(reader.embedded_regular_signatures[-1],
                                   ValidationContext(trust_roots=roots, allow_fetching=False))
 
 
