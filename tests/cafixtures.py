@@ -4,6 +4,7 @@ session CA's certificate rows, the app on a real socket, registry entries and AP
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import urllib.error
@@ -14,15 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from asn1crypto import x509 as asn1_x509
 from click.testing import CliRunner
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed448
 from cryptography.x509.oid import NameOID
+from pyhanko.pdf_utils.reader import PdfFileReader
+from pyhanko.sign.validation import validate_pdf_signature
+from pyhanko_certvalidator import ValidationContext
 from sqlalchemy import select
 from werkzeug.serving import make_server
 
-from ca import clients, registry
+from ca import clients, registry, status
 from ca.models import Certificate
 from ca.store import Store, upgrade
 from kakuin.app import create_app
@@ -189,3 +194,22 @@ def _csr(key: Any, cn: str = "anything", org: str | None = None) -> str:
         x509.CertificateSigningRequestBuilder().subject_name(x509.Name(attrs)).sign(key, algorithm)
     )
     return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+@pytest.fixture(scope="module")
+def sealer(env: Env) -> Env:
+    """The school of ``env`` with an approved hosted e-seal."""
+    _, req = _call(env.url, "POST", "/api/v1/seal-requests", env.school,
+                   {"key": {"hosted": True, "algorithm": "ECDSA-P256"}})
+    status_code, req = _call(env.url, "POST", f"/api/v1/seal-requests/{req['id']}/approve",
+                             env.officer_a)
+    assert status_code == 200, req
+    return env
+
+
+def _validate(pdf: bytes, env: Env) -> Any:
+    roots = [asn1_x509.Certificate.load(d) for d in status.ca_chain(env.store)
+             if asn1_x509.Certificate.load(d).self_signed != "no"]
+    reader = PdfFileReader(io.BytesIO(pdf))
+    return validate_pdf_signature(reader.embedded_regular_signatures[-1],
+                                  ValidationContext(trust_roots=roots, allow_fetching=False))

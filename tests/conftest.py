@@ -23,7 +23,7 @@ from hsm.pkcs11 import Pkcs11KeyManager
 from kakuin.cli import main
 from kakuin.services import Services
 from kakuin.settings import Settings, load_settings
-from tests.cafixtures import env  # noqa: F401  (fixture)
+from tests.cafixtures import env, sealer  # noqa: F401  (fixtures)
 from tests.dbutil import db_url, store  # noqa: F401  (fixtures)
 
 

@@ -183,7 +183,9 @@ def test_seal_long_term(kit: Kit, level: str) -> None:
         assert result.ades_subindic == AdESPassed.OK, result.failure_msg
         # ... and as it would go in five years, after the seal certificate expired
         future = datetime.now(UTC) + timedelta(days=5 * 365)
-        result = asyncio.run(simulate_future_ades_lta_validation(seal, _lta_spec(kit), future))
+        result = asyncio.run(simulate_future_ades_lta_validation(
+            seal, _lta_spec(kit), future, current_reference_time=datetime.now(UTC)
+            + timedelta(seconds=2)))
         assert result.ades_subindic == AdESPassed.OK, result.failure_msg
 
 

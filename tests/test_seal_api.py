@@ -3,37 +3,20 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import subprocess
 import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
-from asn1crypto import x509 as asn1_x509
-from pyhanko.pdf_utils.reader import PdfFileReader
-from pyhanko.sign.validation import validate_pdf_signature
-from pyhanko_certvalidator import ValidationContext
 from sqlalchemy import select
 
-from ca import audit, clients, status
+from ca import audit, clients
 from ca.models import Organization
-from tests.cafixtures import Env, _call
+from tests.cafixtures import Env, _validate
 from tests.fixtures_pdf import encrypted_pdf, guidance_record
-
-
-@pytest.fixture(scope="module")
-def sealer(env: Env) -> Env:
-    """The school of ``env`` with an approved hosted e-seal."""
-    _, req = _call(env.url, "POST", "/api/v1/seal-requests", env.school,
-                   {"key": {"hosted": True, "algorithm": "ECDSA-P256"}})
-    status_code, req = _call(env.url, "POST", f"/api/v1/seal-requests/{req['id']}/approve",
-                             env.officer_a)
-    assert status_code == 200, req
-    return env
 
 
 def _post(url: str, body: bytes, content_type: str, token: str | None = None,
@@ -89,14 +72,6 @@ def test_tsa_over_http_verifies_with_openssl(sealer: Env, tmp_path: Path) -> Non
     text = subprocess.run(["openssl", "ts", "-reply", "-in", reply, "-text"],
                           capture_output=True, text=True, check=False).stdout
     assert "Rejected" in text and "data submitted has the wrong format" in text
-
-
-def _validate(pdf: bytes, env: Env) -> Any:
-    roots = [asn1_x509.Certificate.load(d) for d in status.ca_chain(env.store)
-             if asn1_x509.Certificate.load(d).self_signed != "no"]
-    reader = PdfFileReader(io.BytesIO(pdf))
-    return validate_pdf_signature(reader.embedded_regular_signatures[-1],
-                                  ValidationContext(trust_roots=roots, allow_fetching=False))
 
 
 @pytest.mark.parametrize("level", ["B-B", "B-T"])

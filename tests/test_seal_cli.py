@@ -11,9 +11,8 @@ from click.testing import CliRunner
 from pyhanko.pdf_utils.reader import PdfFileReader
 
 from kakuin.cli import main
-from tests.cafixtures import Env
+from tests.cafixtures import Env, _validate
 from tests.fixtures_pdf import guidance_record
-from tests.test_seal_api import _validate, sealer  # noqa: F401  (module fixture)
 
 
 def _run(env: Env, settings, *args: str) -> str:
