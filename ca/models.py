@@ -32,7 +32,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 ORGANIZATION_KINDS = ("board", "school", "school_corporation", "operator")
 ORGANIZATION_STATUSES = ("active", "closed", "merged")
 SEAL_REQUEST_STATUSES = ("pending", "approved", "rejected", "issued", "failed")
-CERTIFICATE_KINDS = ("root", "issuing", "ocsp", "tsa", "eseal")
+CERTIFICATE_KINDS = ("root", "issuing", "ocsp", "tsa", "eseal", "tsl")
 CERTIFICATE_STATUSES = ("reserved", "linted", "issued", "revoked", "hold", "failed")
 GENESIS_HASH = "0" * 64
 """``prev_hash`` of the first audit entry; the initial migration puts it in ``audit_head``."""

@@ -8,13 +8,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from ca import crl, ocsp
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
+
+from ca import crl, ocsp, status
 from ca.authorities import issuing_authority
-from ca.issuer import IssuingAuthority
+from ca.issuer import CertificateOrder, IssuingAuthority, issue
 from ca.models import Certificate
 from ca.profiles import Profile
 from ca.store import Store
-from hsm.api import KeyManager
+from hsm.api import KeyAlgorithm, KeyManager
 
 log = logging.getLogger("kakuin.ca")
 
@@ -66,6 +70,36 @@ class CAService:
             ocsp.resign(self.store, self.keys, cert.issuer_name, cert.serial)
         self.publish_crl(cert.issuer_name, actor="revocation")
 
+    def ensure_trust_list_signer(self, now: datetime | None = None,
+                                 renew_before: timedelta = timedelta(days=30)) -> bool:
+        """Issue (or renew before expiry) the trust-list signer certificate; True if issued."""
+        now = now or datetime.now(UTC)
+        try:
+            current = status.trust_list_credential(self.store, now=now)
+        except status.NotFound:
+            current = None
+        if current is not None:
+            cert = x509.load_der_x509_certificate(current.certificate)
+            if cert.not_valid_after_utc - now > renew_before:
+                return False
+        authority = self.authority()
+        ref = self.keys.generate(KeyAlgorithm.ECDSA_P256,
+                                 f"{self.issuing_name}-tsl-{now:%Y%m%dT%H%M%SZ}")
+        subject = x509.Name([
+            x509.NameAttribute(NameOID.COUNTRY_NAME, "JP"),
+            *authority.issuer_name.get_attributes_for_oid(NameOID.ORGANIZATION_NAME),
+            x509.NameAttribute(NameOID.COMMON_NAME, "kakuin Trust List Signer"),
+        ])
+        public_key = serialization.load_der_public_key(ref.public_key_der)
+        try:
+            issue(self.store, authority, CertificateOrder(
+                self.profiles["trust-list-signer"], subject, public_key,  # type: ignore[arg-type]
+                hsm_key_id=ref.key_id_hex), actor="trust-list-signer", now=now)
+        except BaseException:
+            self.keys.destroy(ref)
+            raise
+        return True
+
     def maintain(self, now: datetime | None = None) -> dict[str, Any]:
         """The scheduled work: CRLs due for re-publication, OCSP responses nearing their
         nextUpdate, and a responder certificate nearing expiry. Safe to run from several
@@ -77,5 +111,7 @@ class CAService:
                                     validity=self.crl_validity, now=now, pki_dir=self.pki_dir)
         refreshed = ocsp.refresh_stale(self.store, self.keys, self.issuing_name, now,
                                        include_missing=True)
+        tsl = self.ensure_trust_list_signer(now)
         return {"crls_published": [f"{c.issuer_name}#{c.number}" for c in published],
-                "ocsp_refreshed": refreshed, "responder_renewed": renewed is not None}
+                "ocsp_refreshed": refreshed, "responder_renewed": renewed is not None,
+                "trust_list_signer_issued": tsl}

@@ -46,6 +46,7 @@ __all__ = [
     "record",
     "record_tsa_serial",
     "seal_credential",
+    "trust_list_credential",
     "tsa_credential",
 ]
 
@@ -155,6 +156,17 @@ def tsa_credential(store: Store, now: datetime | None = None) -> Credential:
         ).first()
         if row is None:
             raise NotFound("no valid TSA certificate; run `kakuin init`")
+        return _credential(s, row)
+
+
+def trust_list_credential(store: Store, now: datetime | None = None) -> Credential:
+    """The newest valid trust-list signer (EKU id-tsl-kp-tslSigning) whose key we hold."""
+    now = now or datetime.now(UTC)
+    with store.session() as s:
+        row = s.scalars(_usable(select(Certificate).where(Certificate.kind == "tsl"), now)
+                        .order_by(Certificate.not_before.desc())).first()
+        if row is None:
+            raise NotFound("no trust-list signer certificate yet (the scheduler issues one)")
         return _credential(s, row)
 
 

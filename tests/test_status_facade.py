@@ -58,3 +58,22 @@ def test_single_use_tokens(services):
     assert status.consume_token(services.store, "sad-abc", purpose="csc-sad", expires_at=expires)
     assert not status.consume_token(services.store, "sad-abc", purpose="csc-sad",
                                     expires_at=expires)
+
+
+def test_trust_list_signer_is_issued_once_and_lints_clean(services, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from cryptography.hazmat.primitives import serialization
+
+    cred = status.trust_list_credential(services.store)  # issued by `kakuin init`
+    assert services.ca.ensure_trust_list_signer() is False
+    cert = x509.load_der_x509_certificate(cred.certificate)
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert [o.dotted_string for o in eku] == ["0.4.0.2231.3.0"]
+    pem = tmp_path / "tsl.pem"
+    pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    out = subprocess.run([str(Path(sys.executable).parent / "lint_pkix_cert"), "lint", "-s",
+                          "WARNING", str(pem)], capture_output=True, text=True, check=False)
+    assert "ERROR" not in out.stdout and "FATAL" not in out.stdout, out.stdout
