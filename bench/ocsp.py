@@ -2,9 +2,11 @@
 
 Both servers answer for the same number of certificates with the same serial numbers and the
 same statuses (a tenth revoked, keyCompromise), with a P-256 responder key and certificate,
-and both are driven in the same run by the same load generator (``wrk``) with the same
-requests: one SHA-1 CertID, no nonce (the cacheable RFC 5019 path), cycling through all the
-certificates, over POST and over GET (base64, URL-encoded, RFC 6960 A.1).
+and both are driven in the same run by the same load generator (``wrk``, connection per
+request on both sides: gunicorn's sync worker and openssl's responder close after each
+answer) with the same requests: one SHA-1 CertID, no nonce (the cacheable RFC 5019 path),
+cycling through all the certificates, over POST and over GET (base64, URL-encoded, RFC 6960
+A.1). Peers take turns cell by cell, the order reversed every other round; medians reported.
 
 - ``kakuin``: ``kakuin --home <tmp> serve --workers 2`` (gunicorn, 2 sync workers) after the
   real key ceremony (``kakuin init``: SoftHSM token, SQLite) into a temporary home. The
@@ -12,23 +14,32 @@ certificates, over POST and over GET (base64, URL-encoded, RFC 6960 A.1).
   ones are marked in the database, and every response is pre-signed (``refresh_stale``), as
   the scheduler keeps them. Maintenance is off during the run (KAKUIN_MAINTENANCE_INTERVAL=0).
   Logging stays at the default INFO level (one JSON line per request), as deployed.
-- ``openssl -multi 2``: ``openssl ocsp -index index.txt -port P -multi 2`` (two
-  forked responder processes, like kakuin's two workers), with its own throwaway P-256 CA and
-  responder certificate (the responder key of kakuin lives in the HSM); the index holds the
-  same serials and statuses, and its requests carry CertIDs of that CA.
+- ``kakuin-baseline`` (with ``--baseline SRC``): the same home served from another source
+  tree, to measure a change of the responder against its base in the same run.
+- ``gunicorn-floor``: gunicorn as ``kakuin serve`` runs it, around a WSGI app returning one
+  canned kakuin response: no Flask, no database, no OCSP. The ceiling of this deployment.
+- ``openssl-multi2``: ``openssl ocsp -index index.txt -port P -multi 2`` (two forked
+  responder processes, like kakuin's two workers), with its own throwaway P-256 CA and
+  responder certificate (kakuin's responder key lives in the HSM); the index holds the same
+  serials and statuses, and its requests carry CertIDs of that CA. It signs every answer.
 - ``openssl``: the same, single process (openssl's default).
 
 Before timing, every certificate is asked once from every server, by GET and POST, and the
 answers are checked (status, signature, reason); a sample also goes through
-``openssl ocsp -respin ... -CAfile`` verification.
+``openssl ocsp -respin ... -CAfile`` verification. Each cell also reports the server's CPU
+time per response (user+system of its process group, from /proc).
+
+openssl 3.0's responder spins for good on a connection closed before any request
+(openssl/openssl#31129), which wrk does once at start (its address check, skipped here) and
+for connections it opens just as a run ends: each openssl run therefore gets a fresh server.
 
 ``openssl ocsp -port`` takes a bare port and listens on every address ([::]), so the whole
 benchmark (servers and load generator) runs in a private network namespace with only loopback:
 the script re-executes itself under ``unshare -n`` (needs root) and brings ``lo`` up there.
-Traffic goes to 127.0.0.1 only.
+Traffic goes to 127.0.0.1 only. Needs ``wrk`` (Debian: apt-get install wrk).
 
     .venv/bin/python bench/ocsp.py [--certs 100] [--seconds 10] [--rounds 3]
-        [--connections 32] [--threads 2] [--profile 10] [--json]
+        [--connections 32] [--threads 2] [--profile 10] [--baseline SRC] [--json]
 """
 
 from __future__ import annotations
@@ -76,7 +87,7 @@ SERVER_ENV = {
     "KAKUIN_MAINTENANCE_INTERVAL": "0",
 }
 ISSUING = "kakuin-issuing-ca"
-PEERS = ("kakuin", "gunicorn-floor", "openssl-multi2", "openssl")
+PEERS = ("kakuin", "kakuin-baseline", "gunicorn-floor", "openssl-multi2", "openssl")
 METHODS = ("POST", "GET")
 WARMUP_SECONDS = 3
 START_TIMEOUT = 60
@@ -495,13 +506,19 @@ def run_wrk(
 # --- servers -------------------------------------------------------------------------------------
 
 
-def start_kakuin(home: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+def start_kakuin(
+    home: Path, port: int, log: Path, source: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """``kakuin serve``; with ``source``, the packages are imported from that tree instead
+    (PYTHONPATH comes before the editable install; the working directory is not the repo)."""
     env = {**os.environ, **SERVER_ENV}
+    if source is not None:
+        env["PYTHONPATH"] = str(source)
     with log.open("ab") as fh:
         proc = subprocess.Popen(
             [str(KAKUIN), "--home", str(home), "serve", "--host", "127.0.0.1",
              "--port", str(port), "--workers", "2"],
-            env=env, stdout=fh, stderr=fh, process_group=0,
+            env=env, stdout=fh, stderr=fh, process_group=0, cwd=log.parent,
         )
     return proc
 
@@ -660,9 +677,11 @@ def profile_kakuin(
          for (fn, ln, fu), (_cc, nc, _tt, ct, _c) in stats.stats.items()),  # type: ignore[attr-defined]
         reverse=True,
     )
-    n = max(1, result["requests"])
+    # Requests the workers profiled (the warm-up run included: the stats are per worker life).
+    n = max(1, max((nc for (fn, _ln, fu), (_cc, nc, *_rest) in stats.stats.items()  # type: ignore[attr-defined]
+                    if fn.endswith("flask/app.py") and fu == "__call__"), default=0))
     return {
-        "requests": result["requests"],
+        "requests": n,
         "rps_profiled": result["rps"],
         "profiled_us_per_response": 1e6 * total / n,
         "buckets_us": {k: round(1e6 * v / n, 1) for k, v in
@@ -761,6 +780,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="wrk threads")
     p.add_argument("--profile", type=int, default=0,
                    help="then profile kakuin's workers (cProfile) for this many seconds")
+    p.add_argument("--baseline", type=Path, default=None, metavar="SRC",
+                   help="also serve the same home from the packages (ca, kakuin, hsm, signing) "
+                        "under SRC, e.g. a `git archive` of the base commit: peer "
+                        "kakuin-baseline")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--_issue", nargs=4, help=argparse.SUPPRESS)
@@ -780,6 +803,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     isolate(argv)
+    peers = [p for p in PEERS if p != "kakuin-baseline" or args.baseline is not None]
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found (Debian: apt-get install wrk)")
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else (
@@ -821,6 +845,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                                            o_requests)
         targets["openssl"] = Target("openssl", free_port(), "/", "/", o_issuer, o_requests)
         targets["kakuin"].proc = start_kakuin(home, targets["kakuin"].port, work / "kakuin.log")
+        if args.baseline is not None:
+            base = Target("kakuin-baseline", free_port(), "/ocsp", "/ocsp/", k_issuer,
+                          k_requests)
+            base.proc = start_kakuin(home, base.port, work / "kakuin-baseline.log",
+                                     args.baseline.resolve())
+            targets["kakuin-baseline"] = base
         for name, multi in (("openssl-multi2", 2), ("openssl", 1)):
             t = targets[name]
             t.start = functools.partial(start_openssl, peer, t.port, multi, work / f"{name}.log")
@@ -830,8 +860,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         # Correctness: every certificate, both methods, every server; a sample through openssl.
         sizes: dict[str, int] = {}
-        responders = {"kakuin": k_responder, "openssl-multi2": o_responder,
-                      "openssl": o_responder}
+        responders = {"kakuin": k_responder, "kakuin-baseline": k_responder,
+                      "openssl-multi2": o_responder, "openssl": o_responder}
         for name, target in targets.items():
             for method in METHODS:
                 for serial, der in zip(serials, target.requests, strict=True):
@@ -843,7 +873,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, target in targets.items():
             for serial in sample:
                 body = fetch(target, "GET", target.requests[serials.index(serial)])
-                if name == "kakuin":
+                if name.startswith("kakuin"):
                     word = openssl_verify(body, work, pki / f"{ISSUING}.pem", serial,
                                           pki / "kakuin-root-ca.pem", pki / f"{ISSUING}.pem")
                 else:
@@ -866,7 +896,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         scripts = {
             (name, method): wrk_script(targets[name], method, work / f"{name}-{method}.lua")
-            for name in PEERS
+            for name in peers
             for method in METHODS
         }
         cells: dict[tuple[str, str], Cell] = {key: Cell() for key in scripts}
@@ -882,6 +912,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"p99 {result['p99_us'] / 1000:6.2f} ms  non-2xx {result['status']}  "
                     f"errors {result['errors']}  server CPU "
                     f"{result['cpu_us_per_response']:.0f} us/resp")
+        env["loadavg_end"] = os.getloadavg()
         profile = None
         if args.profile:
             stop(targets["kakuin"].proc)  # one kakuin at a time on the token
@@ -910,17 +941,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     ratios = {
         f"kakuin/{peer_name} {method}": round(
             summary[f"kakuin {method}"]["rps"] / summary[f"{peer_name} {method}"]["rps"], 2)
-        for peer_name in ("openssl-multi2", "openssl")
+        for peer_name in ("openssl-multi2", "openssl", "gunicorn-floor", "kakuin-baseline")
+        if peer_name in peers
         for method in METHODS
     }
+    for method in METHODS:
+        ratios[f"gunicorn-floor/openssl-multi2 {method}"] = round(
+            summary[f"gunicorn-floor {method}"]["rps"]
+            / summary[f"openssl-multi2 {method}"]["rps"], 2)
     result = {"environment": env, "args": {k: v for k, v in vars(args).items()
                                             if not k.startswith("_")},
               "summary": summary, "ratios": ratios, "verified": verified, "profile": profile}
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return 0
-    print(f"\n{env['date']}  git {env['git']}  {env['cpu']} x{env['nproc']}  "
-          f"load {', '.join(f'{x:.2f}' for x in env['loadavg'])}")
+    print(f"\n{env['date']}  git {env['git']}  {env['cpu']} x{env['nproc']}  load "
+          f"{', '.join(f'{x:.2f}' for x in env['loadavg'])} at start, "
+          f"{', '.join(f'{x:.2f}' for x in env['loadavg_end'])} at the end")
     print(f"Python {env['python']}, cryptography {env['cryptography']}, gunicorn "
           f"{env['gunicorn']}, Flask {env['flask']}, SQLAlchemy {env['sqlalchemy']}, "
           f"{env['openssl']}, {env['wrk']}")
@@ -929,7 +966,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("| server | method | responses/s | p50 ms | p99 ms | non-2xx | errors | "
           "server CPU µs/resp | bytes |")
     print("|:--|:--|--:|--:|--:|--:|--:|--:|--:|")
-    for name in PEERS:
+    for name in peers:
         for method in METHODS:
             s = summary[f"{name} {method}"]
             print(f"| {name} | {method} | {s['rps']:.0f} | {s['p50_ms']:.2f} | "
@@ -939,9 +976,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for label, ratio in ratios.items():
         print(f"{label}: {ratio:.2f}")
     if profile is not None:
-        print(f"\ncProfile of kakuin's 2 workers, POST, {profile['requests']} responses at "
-              f"{profile['rps_profiled']:.0f}/s; {profile['profiled_us_per_response']:.0f} µs "
-              "profiled per response (own time by bucket):")
+        print(f"\ncProfile inside the WSGI call of kakuin's 2 workers, POST, "
+              f"{profile['requests']} responses (wrk {profile['rps_profiled']:.0f}/s under the "
+              f"profiler); {profile['profiled_us_per_response']:.0f} µs profiled per response "
+              "(own time by bucket):")
         for bucket, us in profile["buckets_us"].items():
             print(f"  {us:8.1f} µs  {bucket}")
         print("\ntop functions by own time (µs/resp own, cumulative, calls):")
