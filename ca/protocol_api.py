@@ -12,6 +12,7 @@ import hashlib
 import re
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from flask import Blueprint, Response, current_app, request, send_file
 from werkzeug.http import http_date
@@ -33,29 +34,73 @@ def _svc() -> CAService:
     return svc
 
 
-def _responder() -> ocsp.ResponderCache:
+def _responder_from(extensions: dict[str, Any]) -> ocsp.ResponderCache:
     """One responder per app, built on first use (the HSM may be down when the app starts)."""
-    cache: ocsp.ResponderCache | None = current_app.extensions.get("ocsp_responder")
+    cache: ocsp.ResponderCache | None = extensions.get("ocsp_responder")
     if cache is None:
-        svc = _svc()
-        cache = current_app.extensions.setdefault(
+        svc: CAService = extensions["ca"]
+        cache = extensions.setdefault(
             "ocsp_responder", ocsp.ResponderCache(svc.store, svc.keys, svc.issuing_name)
         )
     return cache
 
 
-def _ocsp_http(result: ocsp.OcspResult, *, conditional: bool = False) -> Response:
+def _responder() -> ocsp.ResponderCache:
+    return _responder_from(current_app.extensions)
+
+
+def _cache_headers(result: ocsp.OcspResult) -> dict[str, str]:
     """RFC 5019 §5 headers on cacheable responses; ``no-store`` on the rest (nonces, errors)."""
     etag = result.etag
     if etag is None or result.next_update is None or result.produced_at is None:
-        return Response(result.der, 200, {"Cache-Control": "no-store"}, mimetype=OCSP_RESPONSE)
+        return {"Cache-Control": "no-store"}
     max_age = max(0, int((result.next_update - datetime.now(UTC)).total_seconds()))
-    headers = {
+    return {
         "Cache-Control": f"max-age={max_age}, public, no-transform, must-revalidate",
         "Last-Modified": http_date(result.produced_at),
         "Expires": http_date(result.next_update),
         "ETag": f'"{etag}"',
     }
+
+
+class OcspFastPath:
+    """WSGI middleware answering ``POST /ocsp`` below Flask.
+
+    Measured (bench/ocsp.py): of ~780 µs per OCSP response, ~500 µs were Flask/Werkzeug and
+    the app's request-id and JSON log hooks, ~110 µs the OCSP work. OCSP is the hottest public
+    endpoint, so its POST skips them (no per-request log line); everything else, GET included,
+    goes through the app unchanged.
+    """
+
+    def __init__(self, app: Any, extensions: dict[str, Any]) -> None:
+        self.app = app
+        self.extensions = extensions
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("REQUEST_METHOD") != "POST" or environ.get("PATH_INFO") not in (
+            "/ocsp", "/ocsp/"):
+            return self.app(environ, start_response)
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or -1)
+        except ValueError:
+            length = -1
+        if length > ocsp.MAX_REQUEST_BYTES:
+            result = ocsp.MALFORMED
+        else:
+            stream = environ["wsgi.input"]
+            body = stream.read(length) if length >= 0 else stream.read(ocsp.MAX_REQUEST_BYTES + 1)
+            result = _responder_from(self.extensions).respond(body)
+        headers = [("Content-Type", OCSP_RESPONSE), ("Content-Length", str(len(result.der))),
+                   *_cache_headers(result).items()]
+        start_response("200 OK", headers)
+        return [result.der]
+
+
+def _ocsp_http(result: ocsp.OcspResult, *, conditional: bool = False) -> Response:
+    headers = _cache_headers(result)
+    etag = result.etag
+    if etag is None or "ETag" not in headers:
+        return Response(result.der, 200, headers, mimetype=OCSP_RESPONSE)
     if conditional and request.if_none_match.contains(etag):
         return Response(status=304, headers=headers)
     return Response(result.der, 200, headers, mimetype=OCSP_RESPONSE)

@@ -248,3 +248,19 @@ def test_board_reasons(env: Env, reason: str) -> None:
         e.action == "certificate.revoked" and e.object_id and e.object_id.endswith(serial)
         for e in entries
     )
+
+
+def test_ocsp_post_is_answered_below_flask(env: Env) -> None:
+    """The fast path: same protocol answer, no Flask hooks (no X-Request-ID)."""
+    req = urllib.request.Request(f"{env.url}/ocsp", data=b"\x30\x00", method="POST",
+                                 headers={"Content-Type": "application/ocsp-request"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.headers["Content-Type"] == "application/ocsp-response"
+        assert "X-Request-ID" not in resp.headers
+        assert resp.headers["Cache-Control"] == "no-store"
+        from cryptography.x509 import ocsp as x509_ocsp
+
+        parsed = x509_ocsp.load_der_ocsp_response(resp.read())
+        assert parsed.response_status == x509_ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+    with urllib.request.urlopen(f"{env.url}/healthz", timeout=30) as resp:
+        assert resp.headers["X-Request-ID"]
