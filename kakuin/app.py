@@ -24,7 +24,7 @@ from kakuin import logs
 from kakuin.services import HEALTHCHECK_KEY_LABEL, Services
 from kakuin.settings import Settings, load_settings
 from signing import api as signing_api
-from signing import csc_api
+from signing import csc_api, trustlist
 from signing.csc import CscService, load_sad_key
 from signing.errors import SigningError
 
@@ -198,6 +198,7 @@ def start_maintenance(svc: Services) -> threading.Thread | None:
         while not stop.is_set():
             try:
                 done = svc.ca.maintain()
+                done["trust_lists"] = trustlist.refresh_imported(svc.settings.home)
                 if done["crls_published"] or done["ocsp_refreshed"] or done["responder_renewed"]:
                     log.info("maintenance", extra=done)
             except Exception:

@@ -161,4 +161,10 @@ def make_signing_service(
         verify_url=f"{settings.base_url}/verify",
         crl_issuers=(settings.ca.root_name,),
         max_pdf_bytes=int(sig.max_pdf_mb * 1024 * 1024),
+        home=settings.home,
+        instance_name=settings.ca.organization,
+        region=settings.trust.region,
+        base_url=settings.base_url,
+        root_name=settings.ca.root_name,
+        issuing_name=settings.ca.issuing_name,
     )

@@ -75,6 +75,11 @@ class SigningSettings:
 
 
 @dataclass(frozen=True)
+class TrustSettings:
+    region: str
+
+
+@dataclass(frozen=True)
 class Settings:
     home: Path
     config_dir: Path
@@ -88,6 +93,7 @@ class Settings:
     ca: CASettings
     status: StatusSettings
     signing: SigningSettings
+    trust: TrustSettings
 
     @property
     def pki_dir(self) -> Path:
@@ -132,6 +138,7 @@ _ENV = {
     "KAKUIN_HSM_SESSIONS": ("hsm", "sessions"),
     "KAKUIN_MAINTENANCE_INTERVAL": ("status", "maintenance_interval_seconds"),
     "KAKUIN_TSA_CLOCK_CHECK": ("signing", "tsa_clock_check"),
+    "KAKUIN_REGION": ("trust", "region"),
     "KAKUIN_EXTERNAL_TSA_URL": ("signing", "external_tsa_url"),
 }
 
@@ -199,6 +206,7 @@ def load_settings(home: Path | str | None = None, **overrides: Any) -> Settings:
                 external_tsa_url=str(signing["external_tsa_url"]),
                 max_pdf_mb=float(signing["max_pdf_mb"]),
             ),
+            trust=TrustSettings(region=str(data["trust"]["region"])),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise SettingsError(f"invalid settings: {exc!r}") from exc

@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from ca import status
-from signing import pdf
+from signing import pdf, trustlist
 from signing.errors import BadDocument, SigningError, TooLarge
 from signing.service import SigningService, records_from_batch
 from signing.tsa import MAX_QUERY_BYTES
@@ -122,3 +122,9 @@ def seal_json_batch() -> Any:
         level=request.values.get("level", "B-T"), detached=_flag("detached", False),
         request_id=g.get("request_id"))
     return jsonify({"seals": seals})
+
+
+@bp.get("/trust-list")
+def trust_list() -> Response:
+    """Public: the signed list of CAs this instance vouches for (JAdES, application/jose+json)."""
+    return Response(_svc().trust_list(), mimetype=trustlist.MEDIA_TYPE)

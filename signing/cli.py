@@ -11,7 +11,7 @@ from typing import Protocol
 import click
 
 from ca import status
-from signing import pdf
+from signing import pdf, trustlist
 from signing.client import seal_pdf_remote
 from signing.service import SigningService
 
@@ -115,3 +115,51 @@ def lta_renew(obj: HasSigning, files: tuple[Path, ...], within_days: int, force:
         renewed += 1
         click.echo(f"{path}: renewed")
     click.echo(f"{renewed} of {len(files)} renewed")
+
+
+@click.group("trust")
+def trust_group() -> None:
+    """Trust lists of other regions."""
+
+
+@trust_group.command("import")
+@click.argument("source")
+@click.option("--pin", default=None, help="SHA-256 of the list signer's certificate "
+              "(required the first time; get it from the other region out of band).")
+@click.option("--name", default=None, help="Local name for the imported list.")
+@click.pass_obj
+def trust_import(obj: HasSigning, source: str, pin: str | None, name: str | None) -> None:
+    """Import another region's trust list from a URL or a file, pinned by its signer."""
+    svc = obj.signing
+    assert svc.home is not None
+    imported = trustlist.import_trust_list(svc.home, source, pin=pin, name=name)
+    doc = imported.trust_list.document
+    status.record(svc.store, actor=f"console:{getpass.getuser()}", action="trust.imported",
+                  object_type="trust-list", object_id=imported.name,
+                  digest=imported.trust_list.signer_sha256,
+                  details={"source": source[:200], "sequence": doc.get("sequence")})
+    click.echo(f"imported {imported.name}: {doc['issuer'].get('name')} "
+               f"({doc['issuer'].get('region')}), sequence {doc.get('sequence')}, "
+               f"signer {imported.trust_list.signer_sha256}")
+
+
+@trust_group.command("list")
+@click.pass_obj
+def trust_list_command(obj: HasSigning) -> None:
+    """Show the imported trust lists that still verify."""
+    assert obj.signing.home is not None
+    for item in trustlist.load_imported(obj.signing.home):
+        doc = item.trust_list.document
+        click.echo(f"{item.name}: {doc['issuer'].get('name')} ({doc['issuer'].get('region')}) "
+                   f"from {item.source_url}, next update {doc.get('next_update')}")
+
+
+@trust_group.command("remove")
+@click.argument("name")
+@click.pass_obj
+def trust_remove(obj: HasSigning, name: str) -> None:
+    """Stop trusting an imported list."""
+    assert obj.signing.home is not None
+    if not trustlist.remove_imported(obj.signing.home, name):
+        raise click.ClickException(f"no imported trust list named {name!r}")
+    click.echo(f"removed {name}")

@@ -10,13 +10,14 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, cast
 
 from pyhanko.sign.timestamps import TimeStamper
 
 from ca import status
 from hsm.api import KeyManager
-from signing import jades, pdf
+from signing import jades, pdf, trustlist
 from signing.errors import NotAllowed, SigningError
 from signing.tsa import TimeStampAuthority, timestamp_token
 
@@ -32,6 +33,32 @@ class SigningService:
     verify_url: str
     crl_issuers: tuple[str, ...] = ()
     max_pdf_bytes: int = pdf.DEFAULT_MAX_BYTES
+    home: Path | None = None
+    instance_name: str = "kakuin"
+    region: str = ""
+    base_url: str = ""
+    root_name: str = "kakuin-root-ca"
+    issuing_name: str = "kakuin-issuing-ca"
+
+    # -- trust list ---------------------------------------------------------------------------
+
+    def trust_list(self) -> bytes:
+        """This instance's signed trust list (our CAs + the lists we imported)."""
+        if self.home is None:
+            raise SigningError("no home directory configured for the trust list")
+        services = trustlist.local_services(
+            status.ca_chain(self.store), base_url=self.base_url, root_name=self.root_name,
+            issuing_name=self.issuing_name, tsa=status.tsa_credential(self.store).certificate)
+        return trustlist.current_trust_list(
+            self.home, status.trust_list_credential(self.store), self.keys,
+            name=self.instance_name, region=self.region, base_url=self.base_url,
+            services=services)
+
+    def anchors(self) -> trustlist.Anchors:
+        """Exactly the anchors on our trust list (verification trusts nothing else)."""
+        raw = self.trust_list()
+        root = status.ca_chain(self.store)[-1]
+        return trustlist.anchors(trustlist.verify_trust_list(raw, trust_roots=[root]).document)
 
     # -- who may seal -------------------------------------------------------------------------
 
