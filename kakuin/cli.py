@@ -30,7 +30,7 @@ from kakuin.services import (
     prepare_softhsm_token,
 )
 from kakuin.settings import Settings, SettingsError, load_settings
-from signing.cli import lta_group, seal_group, trust_group
+from signing.cli import lta_group, seal_group, trust_group, verify_command
 from signing.errors import SigningError
 from signing.service import SigningService
 
@@ -99,6 +99,7 @@ main.add_command(cert_group)
 main.add_command(seal_group)
 main.add_command(lta_group)
 main.add_command(trust_group)
+main.add_command(verify_command)
 
 
 @main.command()

@@ -128,3 +128,18 @@ def seal_json_batch() -> Any:
 def trust_list() -> Response:
     """Public: the signed list of CAs this instance vouches for (JAdES, application/jose+json)."""
     return Response(_svc().trust_list(), mimetype=trustlist.MEDIA_TYPE)
+
+
+@bp.post("/api/v1/verify")
+def verify_document() -> Any:
+    """Public: upload a sealed PDF or JAdES JSON (multipart field ``file``, or the raw body);
+    the ETSI EN 319 102-1 report comes back as JSON. The upload is not stored."""
+    upload = request.files.get("file")
+    data = upload.read() if upload is not None else request.get_data(cache=False)
+    if not data:
+        raise BadDocument("send the sealed document as multipart field 'file' or as the body")
+    detached = request.files.get("detached")
+    report = _svc().verify(data, detached=detached.read() if detached else None,
+                           requester=f"anonymous@{request.remote_addr}",
+                           request_id=g.get("request_id"))
+    return jsonify(report.to_dict())

@@ -163,3 +163,32 @@ def trust_remove(obj: HasSigning, name: str) -> None:
     if not trustlist.remove_imported(obj.signing.home, name):
         raise click.ClickException(f"no imported trust list named {name!r}")
     click.echo(f"removed {name}")
+
+
+@click.command("verify")
+@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--detached", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="The record of a detached JAdES seal.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
+@click.pass_obj
+def verify_command(obj: HasSigning, source: Path, detached: Path | None, as_json: bool) -> None:
+    """Verify a sealed PDF or JAdES record; exit 0 only on TOTAL-PASSED."""
+    report = obj.signing.verify(source.read_bytes(),
+                                detached=detached.read_bytes() if detached else None,
+                                requester=f"console:{getpass.getuser()}")
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
+    else:
+        click.echo(f"{report.indication}"
+                   + (f" / {report.sub_indication}" if report.sub_indication else ""))
+        for sig in report.signatures:
+            who = (sig.sealed_by or {}).get("organization") if sig.sealed_by else None
+            click.echo(f"  {sig.kind} {sig.level or ''}: {sig.indication}"
+                       + (f" / {sig.sub_indication}" if sig.sub_indication else "")
+                       + (f" — {who}" if who else "")
+                       + (f", sealed {sig.best_signature_time}" if sig.best_signature_time
+                          else ""))
+            for check in sig.checks:
+                if check.passed is False:
+                    click.echo(f"    ✗ {check.name}: {check.detail}")
+    raise SystemExit(0 if report.indication == "TOTAL-PASSED" else 1)

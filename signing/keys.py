@@ -109,16 +109,16 @@ class HsmSigner(Signer):
             and self.embed_roots
         )
 
-    async def signed_attrs(  # type: ignore[no-untyped-def]
+    async def signed_attrs(
         self,
         data_digest: bytes,
         digest_algorithm: str,
         attr_settings: PdfCMSSignedAttributes | None = None,
-        content_type="data",
-        use_pades=False,
-        timestamper=None,
-        dry_run=False,
-        is_pdf_sig=True,
+        content_type: Any = "data",
+        use_pades: bool = False,
+        timestamper: Any = None,
+        dry_run: bool = False,
+        is_pdf_sig: bool = True,
     ) -> cms.CMSAttributes:
         """PAdES: content type, message digest, signing-certificate-v2 (no signing-time),
         exactly as pyHanko's CAdES provider makes them, from cached DER."""
@@ -139,14 +139,14 @@ class HsmSigner(Signer):
             dry_run=dry_run, is_pdf_sig=is_pdf_sig,
         )
 
-    async def async_sign_prescribed_attributes(  # type: ignore[no-untyped-def]
+    async def async_sign_prescribed_attributes(
         self,
         digest_algorithm: str,
         signed_attrs: cms.CMSAttributes,
-        cms_version="v1",
-        dry_run=False,
-        timestamper=None,
-        encap_content_info=None,
+        cms_version: Any = "v1",
+        dry_run: bool = False,
+        timestamper: Any = None,
+        encap_content_info: Any = None,
     ) -> cms.ContentInfo:
         """pyHanko's packaging, with the fixed parts loaded from DER instead of rebuilt."""
         if (

@@ -34,6 +34,7 @@ from pyhanko.sign import fields, signers
 from pyhanko.sign.general import SigningError as PyHankoSigningError
 from pyhanko.sign.signers.pdf_cms import PdfCMSSignedAttributes
 from pyhanko.sign.timestamps import TimeStamper
+from pyhanko.sign.timestamps.common_utils import TimestampRequestError
 from pyhanko_certvalidator import ValidationContext
 
 from ca import status
@@ -75,8 +76,8 @@ TIMESTAMP_FIELD_PREFIX = "kakuin-timestamp-"
 #: Default stamp side (pt, about 42 mm) and its distance from the page's top right corner.
 STAMP_SIZE = 120.0
 STAMP_MARGIN = 36.0
-# CMS bytes beyond certificates, signature and token: signed attributes (content type,
-# digest, ESS signing-certificate-v2, CMS algorithm protection), algorithm identifiers, tags.
+# CMS bytes beyond certificates, signature and token: signed attributes (content type, digest,
+# ESS signing-certificate-v2: ~200 bytes), signer info, algorithm identifiers, tags. Generous.
 _CMS_OVERHEAD = 2048
 _TOKEN_SLACK = 1024  # a token's length varies with its serial, time and nonce
 
@@ -116,6 +117,8 @@ class SealOptions:
 
 @dataclass(frozen=True)
 class SealResult:
+    """The sealed PDF and what an audit entry keeps of it: digests, never content."""
+
     pdf: bytes = field(repr=False)
     input_sha256: str
     output_sha256: str
@@ -326,11 +329,15 @@ def seal_pdf(
         raise SigningError(f"{level} needs validation material")
     reader = _open(pdf, max_bytes)
     try:
-        return asyncio.run(_seal(pdf, reader, credential, keys, timestamper, validation, options))
+        signer = signer_for(keys, credential)
+    except (HsmError, ValueError) as exc:
+        raise Unavailable(f"the seal's HSM key: {exc}") from exc
+    try:
+        return asyncio.run(_seal(pdf, reader, signer, timestamper, validation, options))
     except SigningError:
         raise
-    except HsmError as exc:
-        raise Unavailable(f"HSM: {exc}") from exc
+    except (HsmError, TimestampRequestError) as exc:
+        raise Unavailable(f"{type(exc).__name__}: {_reason(exc)}") from exc
     except PyHankoSigningError as exc:
         raise _signing_problem(exc) from exc
     except (PdfError, KeyError, IndexError, TypeError, ValueError) as exc:
@@ -347,14 +354,13 @@ def _signing_problem(exc: PyHankoSigningError) -> SigningError:
 async def _seal(
     pdf: bytes,
     reader: PdfFileReader,
-    credential: Credential,
-    keys: KeyManager,
+    signer: HsmSigner,
     timestamper: TimeStamper | None,
     validation: ValidationMaterial | None,
     options: SealOptions,
 ) -> SealResult:
     level = options.level
-    signer = signer_for(keys, credential)
+    credential = signer.credential
     existing = _field_names(reader)
     name = options.field or _free_name(existing, SEAL_FIELD_PREFIX)
     if existing.get(name):
@@ -443,8 +449,8 @@ def renew_lta(
                 reader, validation.context(), in_place=False, output=output
             )
         )
-    except HsmError as exc:
-        raise Unavailable(f"HSM: {exc}") from exc
+    except (HsmError, TimestampRequestError) as exc:
+        raise Unavailable(f"{type(exc).__name__}: {_reason(exc)}") from exc
     except PyHankoSigningError as exc:
         raise _signing_problem(exc) from exc
     except (PdfError, KeyError, IndexError, TypeError, ValueError) as exc:

@@ -243,8 +243,8 @@ class TimeStampAuthority:
     :func:`kernel_clock_check` (the kernel's NTP state, kept by chrony/ntpd/timesyncd) or a
     check of its chrony/NTS status, with an error budget inside ``accuracy``.
 
-    genTime is rounded to the nearest second when ``accuracy`` is whole seconds (so it is
-    never off by more than half a second, leaving the rest of the budget to the clock), and
+    genTime is truncated to the second when ``accuracy`` is whole seconds (never ahead of the
+    clock: validators compare it with theirs; the error stays inside the accuracy), and
     carries microseconds otherwise. The credential (key, certificates) is loaded once and
     re-read every ``refresh`` or when it leaves its validity, so a renewed TSA certificate is
     picked up without a restart.
@@ -395,7 +395,9 @@ class TimeStampAuthority:
                 reason = verdict if isinstance(verdict, str) else "clock not synchronised"
                 raise TimestampRefused("time_not_available", f"Time is not available: {reason}")
         if self._whole_seconds:
-            gen_time = (now + timedelta(microseconds=500_000)).replace(microsecond=0)
+            # Truncated, never rounded up: a genTime even half a second in the future makes
+            # validators that compare it with their own clock reject the token.
+            gen_time = now.replace(microsecond=0)
         else:
             gen_time = now
         serial = self._reserve_serial(digest, hash_alg.value, gen_time)

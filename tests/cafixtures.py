@@ -47,6 +47,7 @@ class Env:
     school: str
     school_id: int
     board_a: int
+    services: Services | None = None
 
 
 def _corporate(code6: str) -> str:
@@ -58,7 +59,9 @@ def _copy_ca_rows(source: Store, target: Store) -> None:
     """The same CA (keys in the same HSM) on a fresh database."""
     with source.session() as s:
         rows = s.scalars(
-            select(Certificate).where(Certificate.kind.in_(("root", "issuing", "ocsp", "tsa")))
+            select(Certificate).where(
+                Certificate.kind.in_(("root", "issuing", "ocsp", "tsa", "tsl"))
+            )
         ).all()
         copies = [
             {c.name: getattr(r, c.name) for c in Certificate.__table__.columns if c.name != "id"}
@@ -78,6 +81,7 @@ def env(
         store = Store(url)
         _copy_ca_rows(services.store, store)
         svc = Services(settings, store, services.keys, services.profiles)
+        svc.ca.maintain()  # first CRLs and OCSP responses of this database, as `kakuin init`
         app = create_app(settings, svc)
         server = make_server("127.0.0.1", 0, app, threaded=True)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -154,6 +158,7 @@ def env(
                 school_token,
                 school["id"],
                 board_a_id,
+                svc,
             )
         finally:
             server.shutdown()
@@ -199,17 +204,41 @@ def _csr(key: Any, cn: str = "anything", org: str | None = None) -> str:
 @pytest.fixture(scope="module")
 def sealer(env: Env) -> Env:
     """The school of ``env`` with an approved hosted e-seal."""
-    _, req = _call(env.url, "POST", "/api/v1/seal-requests", env.school,
-                   {"key": {"hosted": True, "algorithm": "ECDSA-P256"}})
-    status_code, req = _call(env.url, "POST", f"/api/v1/seal-requests/{req['id']}/approve",
-                             env.officer_a)
+    _, req = _call(
+        env.url,
+        "POST",
+        "/api/v1/seal-requests",
+        env.school,
+        {"key": {"hosted": True, "algorithm": "ECDSA-P256"}},
+    )
+    status_code, req = _call(
+        env.url, "POST", f"/api/v1/seal-requests/{req['id']}/approve", env.officer_a
+    )
     assert status_code == 200, req
     return env
 
 
 def _validate(pdf: bytes, env: Env) -> Any:
-    roots = [asn1_x509.Certificate.load(d) for d in status.ca_chain(env.store)
-             if asn1_x509.Certificate.load(d).self_signed != "no"]
+    roots = [
+        asn1_x509.Certificate.load(d)
+        for d in status.ca_chain(env.store)
+        if asn1_x509.Certificate.load(d).self_signed != "no"
+    ]
     reader = PdfFileReader(io.BytesIO(pdf))
-    return validate_pdf_signature(reader.embedded_regular_signatures[-1],
-                                  ValidationContext(trust_roots=roots, allow_fetching=False))
+    return validate_pdf_signature(
+        reader.embedded_regular_signatures[-1],
+        ValidationContext(trust_roots=roots, allow_fetching=False),
+    )
+
+
+def routed_fetch(public_base: str, live_base: str) -> Any:
+    """A verification fetcher that sends the URLs in our certificates (``public_base``, the
+    configured base URL, not served in tests) to the live test server instead."""
+    from signing.verify import default_fetch
+
+    def fetch(url: str, body: bytes | None = None, content_type: str | None = None) -> bytes:
+        if url.startswith(public_base):
+            url = live_base + url[len(public_base) :]
+        return default_fetch(url, body, content_type)
+
+    return fetch
