@@ -6,14 +6,17 @@ VENV   ?= .venv
 HOME_DIR ?= var
 BIN    := $(VENV)/bin
 APT_PACKAGES := softhsm2 opensc openssl poppler-utils qpdf fonts-ipaexfont-gothic
+# Only for the test suite (headless browser check of /verify) and bench/ocsp.py.
+APT_TEST_PACKAGES := chromium wrk
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test setup apt venv init lint bench clean
+.PHONY: run test setup apt venv init lint bench demo clean
 
 run: setup init
 	$(BIN)/kakuin --home $(HOME_DIR) serve
 
 test: setup
+	@$(MAKE) --no-print-directory apt APT_PACKAGES="$(APT_TEST_PACKAGES)"
 	$(BIN)/pytest
 
 setup: apt venv
@@ -47,6 +50,10 @@ lint: venv
 
 bench: setup
 	$(BIN)/python bench/hsm_sign.py
+
+# Two regions end to end; leaves sealed files and report.html under var/demo/.
+demo: setup
+	$(BIN)/python scripts/demo.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, render_template, request
 
 from ca import status
 from signing import pdf, trustlist
+from signing import verify as verification
 from signing.errors import BadDocument, SigningError, TooLarge
 from signing.service import SigningService, records_from_batch
 from signing.tsa import MAX_QUERY_BYTES
 
-bp = Blueprint("signing", __name__)
+bp = Blueprint("signing", __name__, template_folder="templates", static_folder="static",
+               static_url_path="/verify/static")
 MAX_TSA_QUERY = MAX_QUERY_BYTES
 
 
@@ -143,3 +147,133 @@ def verify_document() -> Any:
                            requester=f"anonymous@{request.remote_addr}",
                            request_id=g.get("request_id"))
     return jsonify(report.to_dict())
+
+
+# -- the public verification page (HTML) -----------------------------------------------------------
+
+_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; "
+        "style-src 'self' 'unsafe-inline'; img-src 'self' data:")
+_JST = ZoneInfo("Asia/Tokyo")
+_VERDICTS = {  # indication -> (css class, ja, en); text as well as colour
+    verification.TOTAL_PASSED: ("passed", "確認できました", "Verified"),
+    verification.INDETERMINATE: ("indeterminate", "確認できません（現時点では判断できません）",
+                                 "Cannot be confirmed yet"),
+    verification.TOTAL_FAILED: ("failed", "改ざん・失効などの問題があります", "Problem found"),
+}
+_VERDICT_NOTES = {
+    "passed": ("この文書は発行元の電子印で封印されてから変更されていません。",
+               "The document has not been changed since the organization sealed it."),
+    "indeterminate": ("今の時点では有効とも無効とも判断できません。"
+                      "時間をおいて再度お試しいただくか、発行元にお問い合わせください。",
+                      "It cannot be decided right now whether the seal is valid. Try again later "
+                      "or ask the organization that issued the document."),
+    "failed": ("この文書は封印後に変更されたか、電子印が無効です。内容を信用しないでください。",
+               "The document was changed after sealing or the seal is not valid. Do not rely "
+               "on its content."),
+}
+_CHECKS = {  # check name -> (ja, en), plain words
+    "format": ("文書の形式が正しい", "The document format is correct"),
+    "integrity": ("封印後に内容が変更されていない", "The content has not changed since sealing"),
+    "signature": ("電子印の署名が正しい", "The seal's signature is correct"),
+    "signing-certificate": ("電子印の証明書が署名に結び付いている",
+                            "The seal's certificate belongs to the signature"),
+    "modifications": ("封印後に許されない追記がない",
+                      "Nothing that is not allowed was added after sealing"),
+    "certificate-path": ("電子印の証明書が信頼できる認証局から発行されている",
+                         "The seal's certificate comes from a trusted authority"),
+    "e-seal-profile": ("組織の電子印（e シール）用の証明書である",
+                       "The certificate is an organization e-seal certificate"),
+    "revocation": ("電子印の証明書が失効していない", "The seal's certificate has not been revoked"),
+    "signature-timestamp": ("封印の時刻が信頼できるタイムスタンプで証明されている",
+                            "A trusted timestamp proves when it was sealed"),
+    "archive-timestamp": ("長期保存用のタイムスタンプが有効",
+                          "The long-term archive timestamp is valid"),
+    "tsa-profile": ("タイムスタンプ発行元の証明書が時刻証明用である",
+                    "The timestamp issuer's certificate is for timestamping"),
+    "tsa-certificate-path": ("タイムスタンプ発行元が信頼できる認証局から発行されている",
+                             "The timestamp issuer comes from a trusted authority"),
+    "tsa-revocation": ("タイムスタンプ発行元の証明書が失効していない",
+                       "The timestamp issuer's certificate has not been revoked"),
+}
+_KINDS = {"seal": ("電子印", "Seal"),
+          "document-timestamp": ("文書タイムスタンプ", "Document timestamp")}
+
+
+def _lang() -> str:
+    return "en" if request.values.get("lang") == "en" else "ja"
+
+
+def _jst(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(_JST).strftime("%Y-%m-%d %H:%M:%S JST")
+
+
+def _result_view(report: verification.Report, lang: str) -> dict[str, Any]:
+    i = 1 if lang == "en" else 0
+
+    def verdict(indication: str) -> tuple[str, str]:
+        css, ja, en = _VERDICTS.get(indication, _VERDICTS[verification.INDETERMINATE])
+        return css, (en if lang == "en" else ja)
+
+    css, headline = verdict(report.indication)
+    signatures = []
+    for sig in report.signatures:
+        sig_css, sig_text = verdict(sig.indication)
+        who = sig.sealed_by
+        proven = sig.best_signature_time is not None
+        signatures.append({
+            "kind": _KINDS.get(sig.kind, (sig.kind, sig.kind))[i], "is_seal": sig.kind == "seal",
+            "css": sig_css, "verdict": sig_text,
+            "organization": who.get("organization") or who.get("common_name"),
+            "identifier": who.get("organization_identifier"),
+            "time": _jst(sig.best_signature_time or sig.signing_time), "time_proven": proven,
+            "level": sig.level,
+            "technical": " / ".join(x for x in (sig.indication, sig.sub_indication) if x),
+            "checks": [{
+                "text": _CHECKS.get(c.name, (c.name, c.name))[i], "name": c.name,
+                "state": {True: "ok", False: "ng", None: "skip"}[c.passed], "detail": c.detail,
+            } for c in sig.checks],
+        })
+    return {"css": css, "headline": headline, "note": _VERDICT_NOTES[css][i],
+            "technical": " / ".join(x for x in (report.indication, report.sub_indication) if x),
+            "checked_at": _jst(report.checked_at), "signatures": signatures}
+
+
+def _page(status_code: int = 200, **context: Any) -> Response:
+    lang = _lang()
+    html = render_template("verify.html", lang=lang, other="ja" if lang == "en" else "en",
+                           **context)
+    response = Response(html, status=status_code, mimetype="text/html")
+    response.headers["Content-Security-Policy"] = _CSP
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.get("/verify")
+def verify_page() -> Response:
+    """Public HTML page: choose or drop a sealed document and see the verdict."""
+    return _page()
+
+
+@bp.post("/verify")
+def verify_page_result() -> Response:
+    """The form's target: the verdict on the same page. The upload is read into memory,
+    verified and dropped (never stored); bad uploads get a friendly message (422/413)."""
+    en = _lang() == "en"
+    upload = request.files.get("file")
+    data = upload.read(_svc().max_pdf_bytes + 1) if upload is not None else b""
+    if not data:
+        return _page(422, error=("Choose a sealed PDF or JSON file." if en
+                                 else "封印された PDF または JSON ファイルを選んでください。"))
+    if len(data) > _svc().max_pdf_bytes:
+        return _page(413, error=("The file is too large." if en else "ファイルが大きすぎます。"))
+    try:
+        report = _svc().verify(data, requester=f"anonymous@{request.remote_addr}",
+                               request_id=g.get("request_id"))
+    except BadDocument:
+        return _page(422, error=(
+            "This file does not look like a sealed document (a PDF or JSON with an e-seal). "
+            "Please check that you chose the right file." if en else
+            "このファイルは電子印で封印された文書（PDF または JSON）ではないようです。"
+            "選んだファイルをご確認ください。"))
+    filename = upload.filename if upload is not None else None
+    return _page(result=_result_view(report, _lang()), filename=filename)
