@@ -18,12 +18,13 @@ from sqlalchemy.orm import Session
 
 from ca import audit, eseal, policy, registry
 from ca.clients import Principal, deny, governs
-from ca.errors import CAError, Conflict, InvalidRequest, NotFound
+from ca.errors import Conflict, InvalidRequest, NotFound
 from ca.issuer import CertificateOrder, IssuingAuthority, issue
 from ca.models import Certificate, Organization, SealRequest, serial_hex
 from ca.profiles import Profile
 from ca.store import Store
 from hsm.api import KeyAlgorithm, KeyManager, KeyRef
+from hsm.errors import HsmKeyNotFound
 
 SEALABLE_KINDS = ("school", "board", "school_corporation")
 HOSTED_ALGORITHMS = ("ECDSA-P256", "ECDSA-P384", "RSA-2048", "RSA-3072")
@@ -201,6 +202,23 @@ def get(
     return row
 
 
+def _require_decider(store: Store, principal: Principal, request_uuid: str, action: str,
+                     request_id: str | None) -> None:
+    """404 for an unknown request; an audited 403 unless ``principal`` may decide it."""
+    with store.session() as s:
+        row = s.get(SealRequest, request_uuid)
+        if row is None:
+            raise NotFound(f"seal request {request_uuid} not found")
+        org = s.get(Organization, row.organization_id)
+        assert org is not None
+        allowed = _decider_may(s, principal, org)
+        org_id = row.organization_id
+    if not allowed:
+        raise deny(store, principal, action, organization_id=org_id, object_type="seal-request",
+                   object_id=request_uuid, request_id=request_id,
+                   why="only an officer of the board running this organization may decide")
+
+
 def _decider_may(session: Session, principal: Principal, org: Organization) -> bool:
     """Only the board running the school (or the operator) decides; never the requester."""
     if principal.role == "ca-operator":
@@ -217,24 +235,7 @@ def reject(
     *,
     request_id: str | None = None,
 ) -> SealRequest:
-    with store.session() as s:
-        row = s.get(SealRequest, request_uuid)
-        if row is None:
-            raise NotFound(f"seal request {request_uuid} not found")
-        org = s.get(Organization, row.organization_id)
-        assert org is not None
-        allowed = _decider_may(s, principal, org)
-    if not allowed:
-        raise deny(
-            store,
-            principal,
-            "seal-request.reject",
-            organization_id=row.organization_id,
-            object_type="seal-request",
-            object_id=request_uuid,
-            request_id=request_id,
-            why="only an officer of the board running this organization may decide",
-        )
+    _require_decider(store, principal, request_uuid, "seal-request.reject", request_id)
     with store.session() as s:
         row = s.get(SealRequest, request_uuid, with_for_update=True)
         assert row is not None
@@ -257,8 +258,8 @@ def reject(
     if row.hosted_key_id:
         try:
             keys.destroy(keys.find(key_id=bytes.fromhex(row.hosted_key_id)))
-        except CAError:
-            pass
+        except HsmKeyNotFound:
+            pass  # already gone: the rejection stands either way
     return row
 
 
@@ -274,24 +275,7 @@ def approve(
     lint_before_signing: bool = True,
 ) -> tuple[SealRequest, x509.Certificate]:
     """Approve and issue. The request moves pending -> approved -> issued (or failed)."""
-    with store.session() as s:
-        row = s.get(SealRequest, request_uuid)
-        if row is None:
-            raise NotFound(f"seal request {request_uuid} not found")
-        org = s.get(Organization, row.organization_id)
-        assert org is not None
-        allowed = _decider_may(s, principal, org)
-    if not allowed:
-        raise deny(
-            store,
-            principal,
-            "seal-request.approve",
-            organization_id=row.organization_id,
-            object_type="seal-request",
-            object_id=request_uuid,
-            request_id=request_id,
-            why="only an officer of the board running this organization may approve",
-        )
+    _require_decider(store, principal, request_uuid, "seal-request.approve", request_id)
 
     with store.session() as s:
         row = s.get(SealRequest, request_uuid, with_for_update=True)
