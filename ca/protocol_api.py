@@ -88,7 +88,12 @@ class OcspFastPath:
             result = ocsp.MALFORMED
         else:
             stream = environ["wsgi.input"]
-            body = stream.read(length) if length >= 0 else stream.read(ocsp.MAX_REQUEST_BYTES + 1)
+            if length >= 0:
+                body = stream.read(length)
+            elif environ.get("wsgi.input_terminated"):  # chunked, delimited by the server
+                body = stream.read(ocsp.MAX_REQUEST_BYTES + 1)
+            else:  # no length and a raw stream: reading would block on the socket
+                body = b""
             result = _responder_from(self.extensions).respond(body)
         headers = [("Content-Type", OCSP_RESPONSE), ("Content-Length", str(len(result.der))),
                    *_cache_headers(result).items()]

@@ -72,6 +72,7 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
     app.register_blueprint(ca_api.bp)
     app.register_blueprint(protocol_api.bp)
     app.wsgi_app = protocol_api.OcspFastPath(app.wsgi_app, app.extensions)  # type: ignore[method-assign]
+    app.wsgi_app = signing_api.TsaFastPath(app.wsgi_app, app.extensions)  # type: ignore[method-assign]
     app.extensions["signing"] = svc.signing
     app.register_blueprint(signing_api.bp)
     csc_api.init_app(app, CscService(svc.store, svc.keys,

@@ -41,6 +41,41 @@ def _organization(principal: status.Principal) -> int:
         raise SigningError("'organization_id' must be an integer") from None
 
 
+class TsaFastPath:
+    """WSGI middleware answering ``POST /tsa`` below Flask, like ``OcspFastPath``.
+
+    The RFC 3161 reply is the whole answer (rejections included), so the app's request-id
+    and JSON log hooks add nothing here but ~0.5 ms a token (bench/tsa.py).
+    """
+
+    def __init__(self, app: Any, extensions: dict[str, Any]) -> None:
+        self.app = app
+        self.extensions = extensions
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("REQUEST_METHOD") != "POST" or environ.get("PATH_INFO") != "/tsa":
+            return self.app(environ, start_response)
+        # Honour Content-Length (a raw socket stream would block past the body) and read
+        # at most one byte past the limit: the TSA rejects oversized queries itself.
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or -1)
+        except ValueError:
+            length = -1
+        stream = environ["wsgi.input"]
+        if length >= 0:
+            body = stream.read(min(length, MAX_TSA_QUERY + 1))
+        elif environ.get("wsgi.input_terminated"):
+            body = stream.read(MAX_TSA_QUERY + 1)
+        else:
+            body = b""
+        svc: SigningService = self.extensions["signing"]
+        der = svc.tsa.respond(body, requester=environ.get("REMOTE_ADDR"))
+        start_response("200 OK", [("Content-Type", "application/timestamp-reply"),
+                                  ("Content-Length", str(len(der))),
+                                  ("Cache-Control", "no-store")])
+        return [der]
+
+
 @bp.post("/tsa")
 def tsa() -> Response:
     """RFC 3161 over HTTP: always a TimeStampResp (rejections included), never a 500."""
