@@ -6,7 +6,6 @@ token already holds a key with one of the ceremony's labels, so it can never ove
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,62 +159,27 @@ def _run(
             )
         return private_key(keys, ref), ref.key_id_hex
 
-    root_key, root_id = generate(plan.root_algorithm, plan.root_name)
-    root_subject = _name(plan, plan.root_common_name)
-    root_authority = IssuingAuthority(
-        plan.root_name, root_key, None, plan.base_url, subject=root_subject
-    )
-    root = issue(
-        store,
-        root_authority,
-        CertificateOrder(
-            profiles["root-ca"],
-            root_subject,
-            root_key.public_key(),
-            hsm_key_id=root_id,
-        ),
-        actor=actor,
-    )
-    root_authority = dataclasses.replace(root_authority, certificate=root)
+    def issue_with_new_key(authority: IssuingAuthority | None, algorithm: KeyAlgorithm,
+                           label: str, profile: str, subject: x509.Name
+                           ) -> tuple[x509.Certificate, HsmPrivateKey]:
+        key, key_id = generate(algorithm, label)
+        if authority is None:  # the root signs itself
+            authority = IssuingAuthority(label, key, None, plan.base_url, subject=subject)
+        cert = issue(store, authority, CertificateOrder(
+            profiles[profile], subject, key.public_key(), hsm_key_id=key_id), actor=actor)
+        return cert, key
 
-    issuing_key, issuing_id = generate(plan.issuing_algorithm, plan.issuing_name)
-    issuing = issue(
-        store,
-        root_authority,
-        CertificateOrder(
-            profiles["issuing-ca"],
-            _name(plan, plan.issuing_common_name),
-            issuing_key.public_key(),
-            hsm_key_id=issuing_id,
-        ),
-        actor=actor,
-    )
+    root, root_key = issue_with_new_key(None, plan.root_algorithm, plan.root_name, "root-ca",
+                                        _name(plan, plan.root_common_name))
+    root_authority = IssuingAuthority(plan.root_name, root_key, root, plan.base_url)
+    issuing, issuing_key = issue_with_new_key(
+        root_authority, plan.issuing_algorithm, plan.issuing_name, "issuing-ca",
+        _name(plan, plan.issuing_common_name))
     issuing_authority = IssuingAuthority(plan.issuing_name, issuing_key, issuing, plan.base_url)
-
-    ocsp_key, ocsp_id = generate(plan.ocsp_algorithm, plan.ocsp_name)
-    ocsp = issue(
-        store,
-        issuing_authority,
-        CertificateOrder(
-            profiles["ocsp-responder"],
-            _name(plan, plan.ocsp_common_name),
-            ocsp_key.public_key(),
-            hsm_key_id=ocsp_id,
-        ),
-        actor=actor,
-    )
-    tsa_key, tsa_id = generate(plan.tsa_algorithm, plan.tsa_name)
-    tsa = issue(
-        store,
-        issuing_authority,
-        CertificateOrder(
-            profiles["tsa"],
-            _name(plan, plan.tsa_common_name),
-            tsa_key.public_key(),
-            hsm_key_id=tsa_id,
-        ),
-        actor=actor,
-    )
+    ocsp, _ = issue_with_new_key(issuing_authority, plan.ocsp_algorithm, plan.ocsp_name,
+                                 "ocsp-responder", _name(plan, plan.ocsp_common_name))
+    tsa, _ = issue_with_new_key(issuing_authority, plan.tsa_algorithm, plan.tsa_name, "tsa",
+                                _name(plan, plan.tsa_common_name))
 
     files = publish(
         plan.pki_dir,

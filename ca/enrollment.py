@@ -70,17 +70,12 @@ def submit(
     request_id: str | None = None,
 ) -> SealRequest:
     """Validate and queue a request; a hosted key is generated in the HSM now."""
+    def refuse(why: str) -> Exception:
+        return deny(store, principal, "seal-request.submit", organization_id=new.organization_id,
+                    object_type="seal-request", request_id=request_id, why=why)
+
     if principal.role not in ("school-system", "board-officer", "ca-operator"):
-        raise deny(
-            store,
-            principal,
-            "seal-request.submit",
-            organization_id=new.organization_id,
-            object_type="seal-request",
-            object_id=None,
-            request_id=request_id,
-            why=f"role {principal.role} cannot request seals",
-        )
+        raise refuse(f"role {principal.role} cannot request seals")
     _profile(profiles, new.profile)
     if (new.csr is None) == (new.hosted_algorithm is None):
         raise InvalidRequest("give exactly one of 'csr' or 'key': {'hosted': true, ...}")
@@ -91,16 +86,7 @@ def submit(
         else:
             allowed = principal.role != "school-system" or org.id == principal.organization_id
     if not allowed:
-        raise deny(
-            store,
-            principal,
-            "seal-request.submit",
-            organization_id=new.organization_id,
-            object_type="seal-request",
-            object_id=None,
-            request_id=request_id,
-            why="you may request seals only for your own organization",
-        )
+        raise refuse("you may request seals only for your own organization")
 
     request_uuid = str(uuid.uuid4())
     hosted: KeyRef | None = None

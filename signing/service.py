@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -41,6 +41,7 @@ class SigningService:
     issuing_name: str = "kakuin-issuing-ca"
     # How verification fetches OCSP/CRLs named in certificates (tests route them locally).
     fetch: verify.Fetch = verify.default_fetch
+    _anchors: tuple[bytes, trustlist.Anchors] | None = field(default=None, repr=False)
 
     # -- trust list ---------------------------------------------------------------------------
 
@@ -70,10 +71,18 @@ class SigningService:
         return report
 
     def anchors(self) -> trustlist.Anchors:
-        """Exactly the anchors on our trust list (verification trusts nothing else)."""
+        """Exactly the anchors on our trust list (verification trusts nothing else).
+
+        The list's signature is checked once per version of the list, not per verification.
+        """
         raw = self.trust_list()
+        cached = self._anchors
+        if cached is not None and cached[0] == raw:
+            return cached[1]
         root = status.ca_chain(self.store)[-1]
-        return trustlist.anchors(trustlist.verify_trust_list(raw, trust_roots=[root]).document)
+        found = trustlist.anchors(trustlist.verify_trust_list(raw, trust_roots=[root]).document)
+        self._anchors = (raw, found)
+        return found
 
     # -- who may seal -------------------------------------------------------------------------
 
