@@ -13,7 +13,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from sqlalchemy import select
 
 from ca import enrollment, registry, revocation
-from ca.clients import Principal, authenticate, deny, governs
+from ca.clients import Principal, authenticate, deny, may_read
 from ca.errors import CAError, Forbidden, InvalidRequest, NotFound
 from ca.models import Certificate, Organization, SealRequest
 from ca.openapi import OPENAPI
@@ -118,6 +118,8 @@ def create_organization() -> Any:
                 name_en=_str(body, "name_en", required=False),
                 actor=principal.actor,
                 request_id=_rid(),
+                # A board's registration waits for the operator (or the imported list).
+                confirmed=principal.role == "ca-operator",
             )
         elif kind in ("board", "school_corporation"):
             if principal.role != "ca-operator":
@@ -158,8 +160,20 @@ def get_organization(org_id: int) -> Any:
     principal = _principal()
     with _svc().store.session() as s:
         org = registry.get(s, org_id)
-        if not (governs(s, principal, org) or principal.role == "auditor"):
+        if not may_read(s, principal, org):
             raise _deny(principal, "organization.read", org_id, "not your organization")
+        return jsonify(_org_json(org))
+
+
+@bp.post("/organizations/<int:org_id>/confirm")
+def confirm_organization(org_id: int) -> Any:
+    """The operator confirms a school a board registered (``pending`` -> ``active``)."""
+    principal = _principal()
+    if principal.role != "ca-operator":
+        raise _deny(principal, "organization.confirm", org_id,
+                    "only the CA operator confirms a school's registration")
+    with _svc().store.session() as s:
+        org = registry.confirm_school(s, org_id, actor=principal.actor, request_id=_rid())
         return jsonify(_org_json(org))
 
 
@@ -168,7 +182,7 @@ def organization_certificates(org_id: int) -> Any:
     principal = _principal()
     with _svc().store.session() as s:
         org = registry.get(s, org_id)
-        if not (governs(s, principal, org) or principal.role == "auditor"):
+        if not may_read(s, principal, org):
             raise _deny(principal, "organization.certificates", org_id, "not your organization")
         rows = s.scalars(
             select(Certificate)
@@ -188,6 +202,8 @@ def organization_certificates(org_id: int) -> Any:
 
 def _request_json(row: SealRequest) -> dict[str, Any]:
     cert = enrollment.certificate_for_request(_svc().store, row.id)
+    approvals = [{"client_id": a.client_id, "subject": a.subject, "at": a.at.isoformat()}
+                 for a in enrollment.approvals_of(_svc().store, row.id)]
     return {
         "id": row.id,
         "organization_id": row.organization_id,
@@ -199,6 +215,11 @@ def _request_json(row: SealRequest) -> dict[str, Any]:
             "public_key_sha256": row.public_key_sha256,
         },
         "replaces_serial": row.replaces_serial,
+        "requested_by": {"client_id": row.requested_by, "subject": row.requested_by_subject},
+        "approvals_required": row.approvals_required,
+        "approvals": approvals,
+        "approved_by": [a["client_id"] for a in approvals],
+        "decided_by": row.decided_by,
         "created_at": row.created_at.isoformat(),
         "decided_at": row.decided_at.isoformat() if row.decided_at else None,
         "reason": row.reason if row.status in ("rejected", "failed") else None,
@@ -279,7 +300,8 @@ def approve_seal_request(request_uuid: str) -> Any:
         request_id=_rid(),
         lint_before_signing=svc.lint_before_signing,
     )
-    return jsonify(_request_json(row))
+    # 202: the approval is recorded, more distinct approvers are needed before issuance.
+    return jsonify(_request_json(row)), 200 if _cert is not None else 202
 
 
 @bp.post("/seal-requests/<request_uuid>/reject")

@@ -8,7 +8,7 @@ from typing import Protocol
 
 import click
 
-from ca import audit, clients, registry, revocation
+from ca import audit, clients, registry, revocation, schoollist
 from ca.service import CAService
 from ca.store import Store, current_revision, head_revision, upgrade
 
@@ -140,6 +140,35 @@ def org_add(obj: HasStore, kind: str, name_ja: str, name_en: str | None,
         click.echo(json.dumps({"id": org.id, "kind": org.kind, "name_ja": org.name_ja,
                                "organization_identifier": registry.organization_identifier(org)},
                               ensure_ascii=False))
+
+
+@org_group.command("confirm")
+@click.argument("org_id", type=int)
+@click.pass_obj
+def org_confirm(obj: HasStore, org_id: int) -> None:
+    """Confirm a school a board registered (pending -> active), after checking it exists."""
+    with obj.store.session() as s:
+        org = registry.confirm_school(s, org_id, actor="cli:operator")
+        click.echo(json.dumps({"id": org.id, "status": org.status, "name_ja": org.name_ja},
+                              ensure_ascii=False))
+
+
+@click.group("registry")
+def registry_group() -> None:
+    """The operator's school list (after MEXT's 学校コード list)."""
+
+
+@registry_group.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.pass_obj
+def registry_import(obj: HasStore, path: str) -> None:
+    """Import a school-list CSV; pending schools that match it become active."""
+    with open(path, "rb") as fh:
+        data = fh.read(schoollist.MAX_BYTES + 1)
+    with obj.store.session() as s:
+        result = schoollist.import_list(s, data, actor="cli:operator")
+    click.echo(json.dumps({"rows": result.rows, "closed": result.closed,
+                           "confirmed": result.confirmed}))
 
 
 @click.group("token")

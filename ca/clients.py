@@ -49,6 +49,9 @@ class Principal:
     role: str
     name: str
     method: str = "token"
+    # The person acting, when the caller is one (an OIDC ``sub`` after console login); dual
+    # control compares it as well as ``client_id``.
+    subject: str | None = None
 
     @property
     def actor(self) -> str:
@@ -204,3 +207,32 @@ def governs(session: Session, principal: Principal, org: Organization) -> bool:
     if principal.role == "board-officer":
         return org.parent_id == principal.organization_id
     return False
+
+
+def may_read(session: Session, principal: Principal, org: Organization) -> bool:
+    """Whether ``principal`` may read ``org``'s records: whoever governs it, and auditors
+    within their jurisdiction (a board's auditor: that board and its schools; the
+    operator's auditor: everything)."""
+    if governs(session, principal, org):
+        return True
+    if principal.role != "auditor" or principal.organization_id is None:
+        return False
+    bound = session.get(Organization, principal.organization_id)
+    if bound is None:
+        return False
+    if bound.kind == "operator":
+        return True
+    return org.parent_id == bound.id
+
+
+def same_actor(client_a: int | None, subject_a: str | None,
+               client_b: int | None, subject_b: str | None) -> bool:
+    """Whether two actions may have been taken by the same client or person (dual control).
+
+    Unknown on both sides counts as the same: distinctness must be shown, not assumed.
+    """
+    if client_a is not None and client_a == client_b:
+        return True
+    if subject_a is not None and subject_a == subject_b:
+        return True
+    return client_a is None and client_b is None and (subject_a is None or subject_b is None)

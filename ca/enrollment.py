@@ -1,8 +1,21 @@
-"""Seal requests: submitted by a school system, decided by its board, issued by the CA.
+"""Seal requests: submitted by an organization's own systems, approved by others, issued.
 
-The RA composes the subject from the registry (never from the CSR), checks the key, and only
-an approval by an officer of the board that runs the school (or the CA operator) reaches the
-issuer. Every step is audited with the acting client.
+The RA trust model (issue 9):
+
+- Nobody outside an organization holds its seal key. A request with a CSR comes only from
+  the organization's own client (a school's ``school-system``, a board's own ``board-officer``).
+  Its board or the operator may start a request on its behalf only with a hosted key, which
+  the signing side lets only the organization's own systems use (``ca.status.may_seal``).
+- Dual control. The approver is never the requester (client, or person where known). A
+  school's request is approved by an officer of the board running it or the operator; a
+  board's (or school corporation's) own seal by an operator. The profile's
+  ``approvals_required`` distinct approvals are collected before anything is issued.
+- Check before accepting: what the e-seal profile needs from the registry is checked when the
+  request is submitted (422), and a lint failure at approval is a 422 listing the findings,
+  with the request ``failed``.
+
+The RA composes the subject from the registry (never from the CSR). Every step is audited
+with the acting client; refusals too.
 """
 
 from __future__ import annotations
@@ -17,10 +30,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ca import audit, eseal, policy, registry
-from ca.clients import Principal, deny, governs
-from ca.errors import Conflict, InvalidRequest, NotFound
-from ca.issuer import CertificateOrder, IssuingAuthority, issue
-from ca.models import Certificate, Organization, SealRequest, serial_hex
+from ca.clients import Principal, deny, may_read, same_actor
+from ca.errors import CAError, Conflict, InvalidRequest, NotFound
+from ca.issuer import CertificateOrder, IssuingAuthority, LintFailed, issue
+from ca.models import Certificate, Organization, SealRequest, SealRequestApproval, serial_hex
 from ca.profiles import Profile
 from ca.store import Store
 from hsm.api import KeyAlgorithm, KeyManager, KeyRef
@@ -47,9 +60,43 @@ def _sealable(session: Session, org_id: int) -> Organization:
         raise NotFound(f"organization {org_id} not found")
     if org.kind not in SEALABLE_KINDS:
         raise InvalidRequest(f"a {org.kind} cannot hold an e-seal")
+    if org.status == "pending":
+        raise InvalidRequest(
+            f"organization {org_id} is pending: the operator has not confirmed its registration"
+        )
     if org.status != "active":
         raise InvalidRequest(f"organization {org_id} is {org.status}")
     return org
+
+
+def _own(principal: Principal, org: Organization) -> bool:
+    """The organization's own systems: the only ones that may hold (or use) its seal key."""
+    return (principal.organization_id == org.id
+            and principal.role in ("school-system", "board-officer"))
+
+
+def _on_behalf(principal: Principal, org: Organization) -> bool:
+    """The board running a school, or the operator: may start a hosted-key request only."""
+    if principal.role == "ca-operator":
+        return True
+    return principal.role == "board-officer" and org.parent_id == principal.organization_id
+
+
+def _preflight(profile: Profile, org: Organization) -> None:
+    """What issuance will need from the registry, checked now so approval cannot fail on it."""
+    identifier = registry.organization_identifier(org)
+    if identifier is None:
+        what = "a corporate number" + (" or a school code" if org.kind == "school" else "")
+        raise InvalidRequest(
+            f"organization {org.id} ({org.kind}) has no organizationIdentifier: the e-seal "
+            f"profile needs {what} (EN 319 412-1 §5.1.4); ask the operator to register it"
+        )
+    try:
+        eseal.eseal_subject(name_ja=org.name_ja, organization_identifier=identifier,
+                            name_en=org.name_en)
+        eseal.eseal_extensions(profile, organization_identifier=identifier)
+    except ValueError as exc:
+        raise InvalidRequest(f"organization {org.id} cannot be named in a seal: {exc}") from exc
 
 
 def _profile(profiles: dict[str, Profile], name: str) -> Profile:
@@ -76,17 +123,21 @@ def submit(
 
     if principal.role not in ("school-system", "board-officer", "ca-operator"):
         raise refuse(f"role {principal.role} cannot request seals")
-    _profile(profiles, new.profile)
+    profile = _profile(profiles, new.profile)
     if (new.csr is None) == (new.hosted_algorithm is None):
         raise InvalidRequest("give exactly one of 'csr' or 'key': {'hosted': true, ...}")
     with store.session() as s:
-        org = _sealable(s, new.organization_id)
-        if not governs(s, principal, org):
-            allowed = False
-        else:
-            allowed = principal.role != "school-system" or org.id == principal.organization_id
-    if not allowed:
+        org = s.get(Organization, new.organization_id)
+        if org is None:
+            raise NotFound(f"organization {new.organization_id} not found")
+        own, on_behalf = _own(principal, org), _on_behalf(principal, org)
+    if not own and not on_behalf:
         raise refuse("you may request seals only for your own organization")
+    if not own and new.csr is not None:
+        raise refuse("a request with a CSR must come from the organization's own systems: "
+                     "nobody outside an organization holds its seal key (ask for a hosted key)")
+    with store.session() as s:
+        _preflight(profile, _sealable(s, new.organization_id))
 
     request_uuid = str(uuid.uuid4())
     hosted: KeyRef | None = None
@@ -114,6 +165,8 @@ def submit(
                 id=request_uuid,
                 organization_id=org.id,
                 requested_by=principal.client_id,
+                requested_by_subject=principal.subject,
+                approvals_required=profile.approvals_required,
                 status="pending",
                 profile=new.profile,
                 csr_der=_csr_der(new.csr),
@@ -137,6 +190,9 @@ def submit(
                     "algorithm": algorithm,
                     "hosted": hosted is not None,
                     "replaces": new.replaces_serial,
+                    "requested_by": principal.client_id,
+                    "on_behalf": not own,
+                    "approvals_required": profile.approvals_required,
                 },
             )
     except BaseException:
@@ -173,7 +229,7 @@ def get(
             raise NotFound(f"seal request {request_uuid} not found")
         org = s.get(Organization, row.organization_id)
         assert org is not None
-        visible = governs(s, principal, org) or principal.role == "auditor"
+        visible = may_read(s, principal, org)
     if not visible:
         raise deny(
             store,
@@ -189,27 +245,45 @@ def get(
 
 
 def _require_decider(store: Store, principal: Principal, request_uuid: str, action: str,
-                     request_id: str | None) -> None:
-    """404 for an unknown request; an audited 403 unless ``principal`` may decide it."""
+                     request_id: str | None, *, requester_may: bool = False) -> None:
+    """404 for an unknown request; an audited 403 unless ``principal`` may decide it.
+
+    ``requester_may``: the requester may withdraw (reject) its own request, never approve it.
+    """
     with store.session() as s:
         row = s.get(SealRequest, request_uuid)
         if row is None:
             raise NotFound(f"seal request {request_uuid} not found")
         org = s.get(Organization, row.organization_id)
         assert org is not None
-        allowed = _decider_may(s, principal, org)
-        org_id = row.organization_id
+        allowed = _decider_may(principal, org) or (
+            requester_may and principal.client_id is not None
+            and principal.client_id == row.requested_by)
+        org_id, kind = row.organization_id, org.kind
     if not allowed:
+        who = ("an officer of the board running this school or the operator"
+               if kind == "school" else "the CA operator")
         raise deny(store, principal, action, organization_id=org_id, object_type="seal-request",
                    object_id=request_uuid, request_id=request_id,
-                   why="only an officer of the board running this organization may decide")
+                   why=f"only {who} may decide this request")
 
 
-def _decider_may(session: Session, principal: Principal, org: Organization) -> bool:
-    """Only the board running the school (or the operator) decides; never the requester."""
+def _decider_may(principal: Principal, org: Organization) -> bool:
+    """A school's request: its board's officers or the operator. A board's (or school
+    corporation's) own seal: the operator only, so no organization approves itself."""
     if principal.role == "ca-operator":
         return True
-    return principal.role == "board-officer" and org.parent_id == principal.organization_id
+    return (org.kind == "school" and principal.role == "board-officer"
+            and org.parent_id == principal.organization_id)
+
+
+def approvals_of(store: Store, request_uuid: str) -> list[SealRequestApproval]:
+    with store.session() as s:
+        return list(s.scalars(
+            select(SealRequestApproval)
+            .where(SealRequestApproval.seal_request_id == request_uuid)
+            .order_by(SealRequestApproval.id)
+        ))
 
 
 def reject(
@@ -221,7 +295,9 @@ def reject(
     *,
     request_id: str | None = None,
 ) -> SealRequest:
-    _require_decider(store, principal, request_uuid, "seal-request.reject", request_id)
+    """Refuse (or, for the requester, withdraw) a pending request; a hosted key is destroyed."""
+    _require_decider(store, principal, request_uuid, "seal-request.reject", request_id,
+                     requester_may=True)
     with store.session() as s:
         row = s.get(SealRequest, request_uuid, with_for_update=True)
         assert row is not None
@@ -239,7 +315,8 @@ def reject(
             object_type="seal-request",
             object_id=request_uuid,
             request_id=request_id,
-            details={"reason": row.reason},
+            details={"reason": row.reason, "requested_by": row.requested_by,
+                     "rejected_by": principal.client_id},
         )
     if row.hosted_key_id:
         try:
@@ -247,6 +324,22 @@ def reject(
         except HsmKeyNotFound:
             pass  # already gone: the rejection stands either way
     return row
+
+
+class LintRefused(CAError):
+    """Pre-issuance lint refused the certificate: the request is ``failed``, the caller told
+    which findings, never a 500."""
+
+    status = 422
+    type = "ca/lint-failed"
+    title = "Certificate failed pre-issuance linting"
+
+    def __init__(self, detail: str, findings: list[dict[str, str | None]]) -> None:
+        super().__init__(detail)
+        self.findings = findings
+
+    def problem_fields(self) -> dict[str, object]:
+        return {"findings": self.findings}
 
 
 def approve(
@@ -259,30 +352,58 @@ def approve(
     *,
     request_id: str | None = None,
     lint_before_signing: bool = True,
-) -> tuple[SealRequest, x509.Certificate]:
-    """Approve and issue. The request moves pending -> approved -> issued (or failed)."""
+) -> tuple[SealRequest, x509.Certificate | None]:
+    """Record one approval; with enough distinct approvers, issue.
+
+    The request moves pending -> approved -> issued (or failed); while approvals are
+    missing it stays pending and the certificate is ``None``.
+    """
     _require_decider(store, principal, request_uuid, "seal-request.approve", request_id)
 
+    refusal: str | None = None
+    order: CertificateOrder | None = None
     with store.session() as s:
         row = s.get(SealRequest, request_uuid, with_for_update=True)
         assert row is not None
         if row.status != "pending":
             raise Conflict(f"seal request is already {row.status}")
-        org = _sealable(s, row.organization_id)
-        policy.check_key_unused(s, row.public_key_sha256, org.id, exclude_request=row.id)
-        row.status = "approved"
-        row.decided_by = principal.client_id
-        row.decided_at = datetime.now(UTC)
-        audit.record(
-            s,
-            actor=principal.actor,
-            action="seal-request.approved",
-            organization_id=org.id,
-            object_type="seal-request",
-            object_id=row.id,
-            request_id=request_id,
-        )
-        order = _order(s, row, org, keys, profiles)
+        earlier = list(s.scalars(select(SealRequestApproval).where(
+            SealRequestApproval.seal_request_id == row.id).order_by(SealRequestApproval.id)))
+        if same_actor(principal.client_id, principal.subject,
+                      row.requested_by, row.requested_by_subject):
+            refusal = "dual control: the requester cannot approve its own request"
+        elif any(same_actor(principal.client_id, principal.subject, a.client_id, a.subject)
+                 for a in earlier):
+            refusal = "dual control: you have already approved this request"
+        else:
+            org = _sealable(s, row.organization_id)
+            policy.check_key_unused(s, row.public_key_sha256, org.id, exclude_request=row.id)
+            s.add(SealRequestApproval(seal_request_id=row.id, client_id=principal.client_id,
+                                      subject=principal.subject, actor=principal.actor))
+            approvers = [a.client_id for a in earlier] + [principal.client_id]
+            details = {"requested_by": row.requested_by, "approved_by": approvers,
+                       "approvals_required": row.approvals_required}
+            if len(approvers) < row.approvals_required:
+                audit.record(s, actor=principal.actor, action="seal-request.approval-recorded",
+                             organization_id=org.id, object_type="seal-request",
+                             object_id=row.id, request_id=request_id, details=details)
+            else:
+                row.status = "approved"
+                row.decided_by = principal.client_id
+                row.decided_at = datetime.now(UTC)
+                audit.record(s, actor=principal.actor, action="seal-request.approved",
+                             organization_id=org.id, object_type="seal-request",
+                             object_id=row.id, request_id=request_id, details=details)
+                try:
+                    order = _order(s, row, org, keys, profiles)
+                except ValueError as exc:  # rolled back: the request stays pending
+                    raise InvalidRequest(f"cannot build the certificate: {exc}") from exc
+    if refusal is not None:
+        raise deny(store, principal, "seal-request.approve", organization_id=row.organization_id,
+                   object_type="seal-request", object_id=request_uuid, request_id=request_id,
+                   why=refusal)
+    if order is None:
+        return row, None
 
     try:
         cert = issue(store, authority, order, actor=principal.actor, request_id=request_id,
@@ -303,6 +424,12 @@ def approve(
                 request_id=request_id,
                 details={"error": type(exc).__name__},
             )
+        if isinstance(exc, LintFailed):
+            raise LintRefused(
+                f"the certificate failed pre-issuance linting; request {request_uuid} is failed",
+                [{"severity": f.severity, "code": f.code, "message": f.message, "path": f.path}
+                 for f in exc.findings],
+            ) from exc
         raise
     with store.session() as s:
         done = s.get(SealRequest, request_uuid)

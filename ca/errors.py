@@ -22,6 +22,10 @@ class CAError(Exception):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.detail!r})"
 
+    def problem_fields(self) -> dict[str, object]:
+        """Extra members of the problem+json body (RFC 9457 extensions), e.g. lint findings."""
+        return {}
+
 
 class NotFound(CAError):
     status = 404

@@ -30,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 ORGANIZATION_KINDS = ("board", "school", "school_corporation", "operator")
-ORGANIZATION_STATUSES = ("active", "closed", "merged")
+ORGANIZATION_STATUSES = ("active", "pending", "closed", "merged")
 SEAL_REQUEST_STATUSES = ("pending", "approved", "rejected", "issued", "failed")
 CERTIFICATE_KINDS = ("root", "issuing", "ocsp", "tsa", "eseal", "tsl")
 CERTIFICATE_STATUSES = ("reserved", "linted", "issued", "revoked", "hold", "failed")
@@ -171,6 +171,43 @@ class SealRequest(Base):
     decided_at: Mapped[datetime | None]
     reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The person behind ``requested_by`` when there is one (an OIDC ``sub``), for dual control.
+    requested_by_subject: Mapped[str | None] = mapped_column(String(255))
+    approvals_required: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+
+
+class SealRequestApproval(Base):
+    """One approval of a seal request; issuance waits for ``approvals_required`` of them.
+
+    Distinct approvers (client and, where known, person) are enforced by ``ca.enrollment``
+    and, for clients, by the unique constraint.
+    """
+
+    __tablename__ = "seal_request_approvals"
+    __table_args__ = (UniqueConstraint("seal_request_id", "client_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seal_request_id: Mapped[str] = mapped_column(ForeignKey("seal_requests.id"), index=True)
+    client_id: Mapped[int | None] = mapped_column(ForeignKey("api_clients.id"))
+    subject: Mapped[str | None] = mapped_column(String(255))
+    actor: Mapped[str] = mapped_column(String(128))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ListedSchool(Base):
+    """A school of the list the operator imported (``kakuin registry import``), after MEXT's
+    学校コード list. A school a board registers is confirmed when it matches a row here."""
+
+    __tablename__ = "listed_schools"
+
+    school_code: Mapped[str] = mapped_column(String(13), primary_key=True)
+    name_ja: Mapped[str] = mapped_column(String(256))
+    school_type: Mapped[str] = mapped_column(String(2))
+    founder: Mapped[str] = mapped_column(String(16))
+    prefecture: Mapped[str] = mapped_column(String(2))
+    local_gov_code: Mapped[str | None] = mapped_column(String(6))
+    status: Mapped[str] = mapped_column(String(16), default="open", server_default="open")
+    imported_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Certificate(Base):

@@ -56,6 +56,18 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/api/v1/organizations/{id}/confirm": {
+            "post": {
+                "summary": "Confirm a school a board registered: pending -> active (operator)",
+                "parameters": [
+                    {"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}
+                ],
+                "responses": {
+                    "200": {"description": "confirmed", **_json("Organization")},
+                    **_ERRORS,
+                },
+            }
+        },
         "/api/v1/organizations/{id}/certificates": {
             "get": {
                 "summary": "Certificates of an organization",
@@ -101,7 +113,9 @@ OPENAPI: dict[str, Any] = {
         },
         "/api/v1/seal-requests/{id}/approve": {
             "post": {
-                "summary": "Approve and issue (officer of the school's board, or operator)",
+                "summary": "Approve; issues once the profile's approvals_required distinct "
+                "approvers (never the requester) have approved. A school's request: an officer "
+                "of its board or the operator; a board's own seal: the operator",
                 "parameters": [
                     {
                         "name": "id",
@@ -110,7 +124,12 @@ OPENAPI: dict[str, Any] = {
                         "schema": {"type": "string", "format": "uuid"},
                     }
                 ],
-                "responses": {"200": {"description": "issued", **_json("SealRequest")}, **_ERRORS},
+                "responses": {
+                    "200": {"description": "issued", **_json("SealRequest")},
+                    "202": {"description": "approval recorded, more approvers needed",
+                            **_json("SealRequest")},
+                    **_ERRORS,
+                },
             }
         },
         "/api/v1/seal-requests/{id}/reject": {
@@ -226,7 +245,7 @@ OPENAPI: dict[str, Any] = {
                     "corporate_number": {"type": ["string", "null"]},
                     "prefecture": {"type": ["string", "null"]},
                     "parent_id": {"type": ["integer", "null"]},
-                    "status": {"enum": ["active", "closed", "merged"]},
+                    "status": {"enum": ["active", "pending", "closed", "merged"]},
                     "organization_identifier": {"type": ["string", "null"]},
                 },
             },
@@ -268,6 +287,11 @@ OPENAPI: dict[str, Any] = {
                     "profile": {"type": "string"},
                     "key": {"type": "object"},
                     "replaces_serial": {"type": ["string", "null"]},
+                    "requested_by": {"type": "object", "description": "client_id, subject"},
+                    "approvals_required": {"type": "integer"},
+                    "approvals": {"type": "array", "items": {"type": "object"}},
+                    "approved_by": {"type": "array", "items": {"type": ["integer", "null"]}},
+                    "decided_by": {"type": ["integer", "null"]},
                     "created_at": {"type": "string", "format": "date-time"},
                     "decided_at": {"type": ["string", "null"], "format": "date-time"},
                     "reason": {"type": ["string", "null"]},

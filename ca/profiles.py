@@ -44,6 +44,8 @@ class Profile:
     authority_information_access: bool = True
     crl_distribution_points: bool = True
     certificate_policies: tuple[str, ...] = ()
+    # Dual control: how many distinct approvers (never the requester) a seal request needs.
+    approvals_required: int = 1
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
@@ -68,7 +70,11 @@ def _profile(data: dict[str, Any], source: str) -> Profile:
             "authority_information_access",
             "crl_distribution_points",
             "certificate_policies",
+            "approvals_required",
         }
+        approvals = data.get("approvals_required", 1)
+        if not isinstance(approvals, int) or isinstance(approvals, bool) or not 1 <= approvals <= 9:
+            raise ProfileError(f"{source}: approvals_required must be an integer 1-9")
         return Profile(
             name=str(data["name"]),
             kind=str(data["kind"]),
@@ -86,6 +92,7 @@ def _profile(data: dict[str, Any], source: str) -> Profile:
             authority_information_access=bool(data.get("authority_information_access", True)),
             crl_distribution_points=bool(data.get("crl_distribution_points", True)),
             certificate_policies=tuple(data.get("certificate_policies", ())),
+            approvals_required=approvals,
             extra={k: v for k, v in data.items() if k not in known},
         )
     except (KeyError, TypeError, ValueError) as exc:

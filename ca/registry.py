@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -25,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from ca import audit
 from ca.errors import Conflict, InvalidRequest, NotFound
-from ca.models import Organization, OrganizationEvent
+from ca.models import ListedSchool, Organization, OrganizationEvent
 
 Founder = Literal["national", "public", "private"]
 
@@ -46,13 +47,14 @@ SCHOOL_TYPES: dict[str, str] = {
 }
 FOUNDERS: dict[str, Founder] = {"1": "national", "2": "public", "3": "private"}
 
-# Which kinds of organization may run a school, by founder. Public universities are run by
-# public university corporations, which we register as ``school_corporation``; national
-# schools by national university corporations or, pragmatically, the operator.
+# Which kinds of organization may run a school, by founder (the jurisdiction rule). A board
+# of education runs only public (公立) schools; private schools belong to school corporations
+# (学校法人); public universities to public university corporations, which we register as
+# ``school_corporation``; national schools to national university corporations or the operator.
 PARENT_KINDS: dict[Founder, tuple[str, ...]] = {
-    "national": ("board", "school_corporation", "operator"),
+    "national": ("school_corporation", "operator"),
     "public": ("board", "school_corporation"),
-    "private": ("board", "school_corporation"),
+    "private": ("school_corporation",),
 }
 MAX_NAME = 256  # the column width
 MAX_REASON = 500  # goes into the audit entry too, which is capped at 4 KiB
@@ -316,14 +318,11 @@ def _check_parent(parent: Organization, code: SchoolCode) -> None:
             f"a {code.founder} school ({code.code}) cannot be run by organization {parent.id}"
             f" (kind {parent.kind}); allowed kinds: {', '.join(kinds)}"
         )
-    if (
-        code.founder == "public"
-        and parent.kind == "board"
-        and (parent.prefecture != code.prefecture)
-    ):
+    board_prefecture = (parent.local_gov_code or "")[:2] or parent.prefecture
+    if parent.kind == "board" and board_prefecture != code.prefecture:
         raise InvalidRequest(
             f"school code {code.code} is in prefecture {code.prefecture} but board"
-            f" {parent.id} ({parent.name_ja}) is in prefecture {parent.prefecture}"
+            f" {parent.id} ({parent.name_ja}) is in prefecture {board_prefecture}"
         )
 
 
@@ -375,6 +374,8 @@ def _create(
         "corporate_number": org.corporate_number,
     }
     details = {k: v for k, v in details.items() if v is not None}
+    if org.status != "active":
+        details["status"] = org.status
     _event(session, org.id, "created", details)
     _audit(session, org.id, "organization.created", actor, request_id, details)
     return org
@@ -451,11 +452,14 @@ def add_school(
     name_en: str | None = None,
     actor: str,
     request_id: str | None = None,
+    confirmed: bool = True,
 ) -> Organization:
     """Register a school under the organization running it (see ``PARENT_KINDS``).
 
     A public school's board must be in the prefecture its school code names. School codes
-    are unique for ever: a closed school's code is not given to a new school.
+    are unique for ever: a closed school's code is not given to a new school. With
+    ``confirmed=False`` (registered by a board, not the operator) the school is ``pending``
+    unless it matches the imported school list; pending schools get no seal.
     """
     actor = _actor(actor)
     name = _name(name_ja, "name_ja")
@@ -478,7 +482,7 @@ def add_school(
         school_code=code.code,
         prefecture=code.prefecture,
         parent_id=parent.id,
-        status="active",
+        status="active" if confirmed or listed(session, code.code, name, parent) else "pending",
     )
     session.add(org)
     return _create(session, org, actor, request_id)
@@ -618,11 +622,13 @@ def close_organization(
     actor = _actor(actor)
     reason = _reason(reason)
     org = _lock(session, org_id)[org_id]
-    _require_active(org)
+    if org.status != "pending":  # a pending registration is closed to refuse it
+        _require_active(org)
     running = session.scalar(
         select(func.count())
         .select_from(Organization)
-        .where(Organization.parent_id == org.id, Organization.status == "active")
+        .where(Organization.parent_id == org.id,
+               Organization.status.in_(("active", "pending")))
     )
     if running:
         raise Conflict(
@@ -634,3 +640,45 @@ def close_organization(
     _audit(session, org.id, "organization.closed", actor, request_id, detail)
     session.flush()
     return org
+
+
+# --- confirming schools a board registered ----------------------------------------------
+
+
+def same_name(a: str, b: str) -> bool:
+    """Names equal up to Unicode compatibility forms and spaces (全角/半角, 　)."""
+    def norm(text: str) -> str:
+        return "".join(unicodedata.normalize("NFKC", text).split())
+
+    return norm(a) == norm(b)
+
+
+def listed(session: Session, school_code: str, name_ja: str, parent: Organization) -> bool:
+    """Whether the imported school list has this open school under (about) this name, and,
+    where the list names the founding local government, ``parent`` is that government's."""
+    row = session.get(ListedSchool, school_code)
+    if row is None or row.status != "open" or not same_name(row.name_ja, name_ja):
+        return False
+    return row.local_gov_code is None or row.local_gov_code == parent.local_gov_code
+
+
+def confirm_school(
+    session: Session, school_id: int, *, actor: str, how: str = "operator",
+    request_id: str | None = None,
+) -> Organization:
+    """Make a ``pending`` school (registered by its board) ``active``: the operator's check
+    that the school exists and belongs to that board, or a match with the imported list."""
+    actor = _actor(actor)
+    school = _lock(session, school_id)[school_id]
+    _require_kind(school, "school")
+    if school.status != "pending":
+        raise Conflict(f"school {school.id} is {school.status}, not pending")
+    parent = session.get(Organization, school.parent_id) if school.parent_id else None
+    if parent is None or parent.status != "active":
+        raise Conflict(f"school {school.id} has no active organization running it")
+    school.status = "active"
+    detail = {"by": how}
+    _event(session, school.id, "confirmed", detail)
+    _audit(session, school.id, "organization.confirmed", actor, request_id, detail)
+    session.flush()
+    return school

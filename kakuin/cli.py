@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from ca import ceremony
-from ca.cli import audit_group, cert_group, db_group, org_group, token_group
+from ca.cli import audit_group, cert_group, db_group, org_group, registry_group, token_group
 from ca.errors import CAError
 from ca.profiles import load_profiles
 from ca.service import CAService
@@ -94,6 +94,7 @@ def main(ctx: click.Context, home: str) -> None:
 main.add_command(db_group)
 main.add_command(audit_group)
 main.add_command(org_group)
+main.add_command(registry_group)
 main.add_command(token_group)
 main.add_command(cert_group)
 main.add_command(seal_group)

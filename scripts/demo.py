@@ -95,9 +95,10 @@ class Demo:
             f"Region A serves on {two.a.url}, region B on {two.b.url}")
 
         cert = two.bootstrap_school()
-        say(f"A 地域で新宿区教育委員会が{SCHOOL_NAME}を登録し、電子シール (角印) を承認しました "
-            f"(証明書シリアル {cert['serial']})",
-            f"In region A the Shinjuku board registered the school and approved its e-seal "
+        say(f"A 地域で新宿区教育委員会が{SCHOOL_NAME}を登録し、運用者が確認し、学校が申請した"
+            f"電子シール (角印) を教育委員会が承認しました (証明書シリアル {cert['serial']})",
+            f"In region A the Shinjuku board registered the school, the operator confirmed it, "
+            f"and the board approved the seal the school requested "
             f"(certificate serial {cert['serial']})")
 
         trust = two.import_trust()

@@ -140,6 +140,11 @@ def env(
                 },
             )
             assert status == 201, school
+            assert school["status"] == "pending"  # a board's registration waits for the operator
+            status, school = _call(
+                base, "POST", f"/api/v1/organizations/{school['id']}/confirm", operator
+            )
+            assert status == 200 and school["status"] == "active", school
             with store.session() as s:
                 _, school_token = clients.create_client(
                     s,

@@ -206,6 +206,10 @@ def _other_school(env: Env, code: str, algorithm: str) -> status.Credential:
         {"kind": "school", "name_ja": f"新宿区立学校 {code}", "school_code": code},
     )
     assert status_code == 201, school
+    status_code, school = _call(
+        env.url, "POST", f"/api/v1/organizations/{school['id']}/confirm", env.operator
+    )
+    assert status_code == 200, school
     with env.store.session() as s:
         _, token = clients.create_client(
             s, organization_id=school["id"], role="school-system", name="sys", actor="test"

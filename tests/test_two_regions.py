@@ -237,8 +237,9 @@ class TwoRegions:
             r.stop()
 
     def bootstrap_school(self) -> dict[str, Any]:
-        """Operator and board by CLI, the school by the board officer over HTTP, then a hosted
-        seal requested by the school and approved by the officer. Returns the certificate."""
+        """Operator and board by CLI, the school by the board officer over HTTP (pending until
+        the operator confirms it by CLI), then a hosted seal requested by the school and
+        approved by the officer (dual control: not the requester). Returns the certificate."""
         a = self.a
         a.cli_json("org", "add", "--kind", "operator", "--name-ja", "運用者")
         board = a.cli_json("org", "add", "--kind", "board", "--name-ja", BOARD_NAME,
@@ -249,6 +250,7 @@ class TwoRegions:
                              {"kind": "school", "name_ja": SCHOOL_NAME,
                               "school_code": "C113210000010"}, self.officer)
         self.school_id = int(school["id"])
+        a.cli_json("org", "confirm", str(self.school_id))
         self.school_token = a.cli_json("token", "create", "--org", str(self.school_id),
                                        "--role", "school-system", "--name", "sys")["token"]
         req = a.post_json("/api/v1/seal-requests",

@@ -165,6 +165,7 @@ def _new_school(env: Env, code: str) -> tuple[str, int]:
     _, school = _call(env.url, "POST", "/api/v1/organizations", env.officer_a,
                       {"kind": "school", "name_ja": f"新宿区立第{code[-2:]}小学校",
                        "school_code": code})
+    _call(env.url, "POST", f"/api/v1/organizations/{school['id']}/confirm", env.operator)
     with env.store.session() as s:
         _, token = clients.create_client(s, organization_id=school["id"], role="school-system",
                                          name="校務支援", actor="test")
