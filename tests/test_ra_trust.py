@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import select
 from werkzeug.serving import make_server
 
-from ca import audit, clients, registry
-from ca.errors import InvalidRequest
+from ca import audit, clients, enrollment, registry
+from ca.errors import Forbidden, InvalidRequest
 from ca.models import Organization, SealRequest
 from kakuin.app import create_app
 from kakuin.cli import main
@@ -554,3 +554,34 @@ def test_auditors_read_their_jurisdiction_only(world: World) -> None:
     with env.store.session() as s:
         row = s.get(SealRequest, req["id"])
         assert row is not None and row.status == "pending"
+
+
+def test_the_same_person_through_two_clients_is_still_the_requester(world: World) -> None:
+    """Dual control compares people too: a Principal's ``subject`` (an OIDC ``sub`` once
+    console login exists) that requested may not approve through another client."""
+    env = world.env
+    assert env.services is not None
+    svc = env.services.ca
+    with env.store.session() as s:
+        school_client, _ = clients.create_client(s, organization_id=env.school_id,
+                                                 role="school-system", name="console",
+                                                 actor="test")
+        officer_client, _ = clients.create_client(s, organization_id=env.board_a,
+                                                  role="board-officer", name="console",
+                                                  actor="test")
+        ids = school_client.id, officer_client.id
+    requester = clients.Principal(ids[0], env.school_id, "school-system", "console",
+                                  method="oidc", subject="teacher-1@example.jp")
+    approver = clients.Principal(ids[1], env.board_a, "board-officer", "console",
+                                 method="oidc", subject="teacher-1@example.jp")
+    row = enrollment.submit(svc.store, svc.keys, svc.profiles, requester, enrollment.NewRequest(
+        organization_id=env.school_id, csr=_csr(ec.generate_private_key(ec.SECP256R1())).encode()))
+    assert row.requested_by_subject == "teacher-1@example.jp"
+    with pytest.raises(Forbidden, match="dual control"):
+        enrollment.approve(svc.store, svc.keys, svc.authority(), svc.profiles, approver, row.id)
+    other = dataclasses.replace(approver, subject="officer-2@example.jp")
+    done, cert = enrollment.approve(svc.store, svc.keys, svc.authority(), svc.profiles, other,
+                                    row.id)
+    assert done.status == "issued" and cert is not None
+    assert [a.subject for a in enrollment.approvals_of(svc.store, row.id)] == [
+        "officer-2@example.jp"]
