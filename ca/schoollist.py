@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from ca import audit, registry
 from ca.errors import InvalidRequest
-from ca.models import ListedSchool, Organization
+from ca.models import ListedSchool, Organization, utcnow
 
 COLUMNS: dict[str, tuple[str, ...]] = {
     "school_code": ("学校コード", "school_code"),
@@ -111,15 +111,16 @@ def parse(data: bytes) -> list[ListedSchool]:
         rows[code.code] = ListedSchool(
             school_code=code.code, name_ja=name, school_type=code.school_type,
             founder=code.founder, prefecture=code.prefecture, local_gov_code=gov,
-            status="closed" if cell("closed_on") else "open",
+            status="closed" if cell("closed_on") else "open", imported_at=utcnow(),
         )
     return list(rows.values())
 
 
 def import_list(session: Session, data: bytes, *, actor: str,
                 request_id: str | None = None) -> ImportResult:
-    """Replace the listed schools by this file's rows, then confirm the pending schools that
-    now match (same code, open, same name, under a board of the listed local government)."""
+    """Add or update the file's rows (schools not in the file stay listed, so prefectures can
+    be imported one file at a time), then confirm the pending schools that now match (same
+    code, open, same name, under a board of the listed local government if one is named)."""
     parsed = parse(data)
     for row in parsed:
         session.merge(row)

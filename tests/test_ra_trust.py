@@ -493,6 +493,7 @@ def test_school_list_import_confirms_matching_pending_schools(world: World, sett
                                                               tmp_path: Path) -> None:
     env = world.env
     listed_code, other_code, later_code = _school_code(), _school_code(), _school_code()
+    closed_code = _school_code()
     ids = {}
     names = ((listed_code, "新宿区立 落合中学校"), (other_code, "新宿区立名前違い中学校"))
     for code, name in names:
@@ -504,7 +505,8 @@ def test_school_list_import_confirms_matching_pending_schools(world: World, sett
            "属性情報設定年月日,属性情報廃止年月日\n"
            f"{listed_code},C1,13,2,1,新宿区立　落合中学校,東京都新宿区,1610000,20200401,\n"
            f"{other_code},C1,13,2,1,新宿区立別の中学校,東京都新宿区,1610000,20200401,\n"
-           f"{later_code},C1,13,2,1,新宿区立西中学校,東京都新宿区,1610000,20200401,\n")
+           f"{later_code},C1,13,2,1,新宿区立西中学校,東京都新宿区,1610000,20200401,\n"
+           f"{closed_code},C1,13,2,1,新宿区立閉校中学校,東京都新宿区,1610000,20000401,20200331\n")
     bad = tmp_path / "bad.csv"
     bad.write_text(csv.replace(f"{later_code},C1,13", f"{later_code},C1,14"), encoding="utf-8")
     good = tmp_path / "schools.csv"
@@ -515,7 +517,7 @@ def test_school_list_import_confirms_matching_pending_schools(world: World, sett
     result = CliRunner().invoke(main, ["--home", str(settings.home), "registry", "import",
                                        str(good)], env={"KAKUIN_DATABASE_URL": _db_url(env)})
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output) == {"rows": 3, "closed": 0, "confirmed": [ids[listed_code]]}
+    assert json.loads(result.output) == {"rows": 4, "closed": 1, "confirmed": [ids[listed_code]]}
     with env.store.session() as s:
         assert s.get(Organization, ids[listed_code]).status == "active"  # type: ignore[union-attr]
         assert s.get(Organization, ids[other_code]).status == "pending"  # type: ignore[union-attr]
@@ -524,6 +526,10 @@ def test_school_list_import_confirms_matching_pending_schools(world: World, sett
                              {"kind": "school", "name_ja": "新宿区立西中学校",
                               "school_code": later_code})
     assert status == 201 and org["status"] == "active", org
+    status, org = world.call("POST", "/api/v1/organizations", "own_officer",
+                             {"kind": "school", "name_ja": "新宿区立閉校中学校",
+                              "school_code": closed_code})
+    assert status == 201 and org["status"] == "pending", org  # closed on the list: no match
 
 
 def _db_url(env: Env) -> str:
