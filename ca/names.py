@@ -14,9 +14,14 @@ therefore display as exactly what it is and never look like another organization
   or unassigned code points, no unpaired surrogates, no line/paragraph separators and no
   spaces other than U+0020 and U+3000 (ideographic space). Leading and trailing U+0020/U+3000
   are trimmed, as before.
-- At most 64 characters (X.520 ub-organization-name; ub-common-name is 64 too, and CN repeats
-  a name) and at most 192 bytes of UTF-8: every kana and BMP kanji takes 3 bytes, so any
-  64-character BMP name fits, and the subject of a certificate stays small and bounded.
+- At most 64 characters (X.520 ub-organization-name, ub-common-name) and at most 192 bytes of
+  UTF-8: every kana and BMP kanji takes 3 bytes, so any 64-character BMP name fits, and a
+  subject stays small and bounded.
+- The name that becomes CN (``name_en`` when given, else ``name_ja``: ``ca.eseal.eseal_subject``)
+  at most 64 bytes of UTF-8. X.520 counts characters, but pyca/cryptography, which builds our
+  certificates and which many Python verifiers parse them with, counts CN in bytes: it refuses
+  to build a longer CN (a 500 at approval, before this rule) and warns on every parse of one.
+  A Japanese name over 21 kanji therefore needs ``name_en`` (rule ``common-name``).
 - Unique: two schools run by the same board (or school corporation) never share a name, nor
   do two boards, school corporations or the operator. Names are compared after NFKC, case
   folding and removing spaces, so "Ａ小学校" and "A小学校" clash; the English name takes part
@@ -40,6 +45,7 @@ from ca.models import Organization
 
 MAX_CHARS = 64
 MAX_BYTES = 192
+MAX_COMMON_NAME_BYTES = 64  # cryptography's limit for CN (NameOID.COMMON_NAME), in UTF-8 bytes
 RULES = (
     "type",
     "empty",
@@ -54,6 +60,7 @@ RULES = (
     "nfc",
     "length",
     "bytes",
+    "common-name",
     "unique",
 )
 
@@ -197,6 +204,27 @@ def _peers(session: Session, org: Organization) -> Iterable[Organization]:
         return [peer for peer in session.scalars(query) if peer is not org]
 
 
+def check_common_name(name_ja: str, name_en: str | None) -> None:
+    """Refuse a pair of names whose CN (``name_en`` or else ``name_ja``) a certificate cannot
+    carry (see the module docstring)."""
+    field, common = ("name_en", name_en) if name_en else ("name_ja", name_ja)
+    size = len(common.encode("utf-8"))
+    if size > MAX_COMMON_NAME_BYTES:
+        hint = "" if name_en else "; give name_en (it becomes the CN) or a shorter name"
+        raise NameRejected(
+            field,
+            "common-name",
+            f"{field} becomes the certificate's CN, which holds at most"
+            f" {MAX_COMMON_NAME_BYTES} bytes of UTF-8; it has {size}{hint}",
+        )
+
+
+def check_organization(session: Session, org: Organization) -> None:
+    """The checks that need the whole (new) organization: its CN fits, its names are free."""
+    check_common_name(org.name_ja, org.name_en)
+    ensure_unique(session, org)
+
+
 def ensure_unique(session: Session, org: Organization) -> None:
     """Refuse ``org`` (new, renamed or moved) if a name of it is already a peer's name."""
     for peer in _peers(session, org):
@@ -216,8 +244,11 @@ __all__ = [
     "BIDI",
     "MAX_BYTES",
     "MAX_CHARS",
+    "MAX_COMMON_NAME_BYTES",
     "RULES",
     "NameRejected",
+    "check_common_name",
+    "check_organization",
     "clean",
     "comparison_key",
     "ensure_unique",

@@ -355,7 +355,7 @@ def _audit(
 def _create(
     session: Session, org: Organization, actor: str, request_id: str | None
 ) -> Organization:
-    names.ensure_unique(session, org)
+    names.check_organization(session, org)  # CN fits, names free (ca/names.py)
     try:
         session.flush()
     except IntegrityError as exc:

@@ -11,9 +11,12 @@ import urllib.request
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 from sqlalchemy import func, select
 
-from ca import names, registry
+from ca import clients, names, registry
+from ca.eseal import EsealError, eseal_subject
 from ca.models import AuditEntry, Organization
 from ca.store import Store
 from tests.cafixtures import Env, _call
@@ -245,3 +248,59 @@ def test_move_into_a_board_with_that_name_refused_and_closed_names_free(store: S
             s, name_ja="区立第一小学校", school_code="B113210000030", board_id=a_id, actor="t"
         )
         assert again.status == "active"
+
+
+def test_cn_that_a_certificate_cannot_carry_is_refused(env: Env) -> None:
+    """CN = name_en or else name_ja, at most 64 bytes of UTF-8 (cryptography's limit): once a
+    500 at approval, now a 422 at registration naming the field."""
+    long_ja = "横浜市立横浜サイエンスフロンティア高等学校附属中学校"  # 26 characters, 78 bytes
+    for extra, field in [({}, "name_ja"), ({"name_en": "é" * 33}, "name_en")]:
+        status, problem = _call(
+            env.url,
+            "POST",
+            "/api/v1/organizations",
+            env.officer_a,
+            {"kind": "school", "school_code": "C113210000080", "name_ja": long_ja, **extra},
+        )
+        _assert_refused(status, "application/problem+json", problem, field, "common-name")
+    with pytest.raises(EsealError, match="CN"):
+        eseal_subject(name_ja=long_ja, organization_identifier=None)
+
+
+@pytest.mark.parametrize(
+    ("code", "name_ja", "name_en"),
+    [
+        ("C113210000060", "新宿区立" + "あ" * 60, "Shinjuku " + "A" * 55),
+        ("C113210000070", "𠮷" * 48, "Yoshino"),
+        ("C113210000090", "𠮷" * 16, None),  # CN = name_ja, 64 bytes
+    ],
+    ids=["64-chars-192-bytes", "48-supplementary-192-bytes", "cn-64-bytes"],
+)
+def test_longest_names_fit_the_certificate(
+    env: Env, code: str, name_ja: str, name_en: str | None
+) -> None:
+    """Names at the limits are issued: pre-issuance pkilint (ETSI legal person) passes with
+    them as O and CN, and the certificate carries them unchanged."""
+    assert len(name_ja) <= names.MAX_CHARS and len(name_ja.encode()) <= names.MAX_BYTES
+    with env.store.session() as s:
+        school = registry.add_school(
+            s, name_ja=name_ja, name_en=name_en, school_code=code, board_id=env.board_a,
+            actor="test",
+        )  # fmt: skip
+        _, token = clients.create_client(
+            s, organization_id=school.id, role="school-system", name="s", actor="test"
+        )
+    _, req = _call(env.url, "POST", "/api/v1/seal-requests", token, {"key": {"hosted": True}})
+    status, done = _call(
+        env.url, "POST", f"/api/v1/seal-requests/{req['id']}/approve", env.officer_a
+    )
+    assert status == 200, done
+    serial = done["certificate"]["serial"]
+    status, der = _call(
+        env.url, "GET", f"/api/v1/certificates/{serial}", None,
+        headers={"Accept": "application/pkix-cert"},
+    )  # fmt: skip
+    cert = x509.load_der_x509_certificate(der)
+    assert cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == name_ja
+    common = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    assert common == (name_en or name_ja)

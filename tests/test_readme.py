@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -111,6 +112,7 @@ def test_readme_has_the_bootstrap_block_marked() -> None:
     assert "8000020131041" not in README.read_text()  # fails kakuin's own check digit
 
 
+SHELL_BUILTINS = {"export", "cd", ".", "source", "set", "unset"}
 FILE_WORD = re.compile(r"^[^-][^=:]*\.(pdf|json|pem|crt|csv|toml)$")
 
 
@@ -133,6 +135,8 @@ def test_every_command_of_every_block_parses(
         elif words[0] == "make":
             for target in words[1:]:
                 assert re.search(rf"^{re.escape(target)}:", makefile, re.M), (block.line, target)
+        elif words[0] not in SHELL_BUILTINS:  # a tool the README (or make) installs
+            assert shutil.which(words[0]), f"README.md:{block.line}: {words[0]} is not installed"
 
 
 def _promises(block: str) -> list[dict[str, Any]]:
