@@ -1,14 +1,17 @@
 """README.md says what to type; these tests type it.
 
 - Every ``kakuin`` command in a ``sh`` block parses against the real CLI (command names,
-  options, required options), and every ``make`` target exists in the Makefile.
-- Every block marked ``<!-- tests/test_readme.py runs the next block verbatim ... -->`` runs
-  as written under ``bash -eu`` in a fresh instance made by ``kakuin init``, with the venv's
-  ``kakuin`` on the PATH and ``KAKUIN_HOME`` set, as the README tells the reader to do. Each
-  ``# -> {...}`` comment is a promise about that command's JSON output and is checked.
-  The tokens the block printed then work against the instance's real server (``kakuin serve``).
+  options, required options), every ``make`` target exists in the Makefile and every other
+  tool is installed.
+- Blocks marked ``<!-- tests/test_readme.py runs the next block verbatim (NAME) ... -->`` run as
+  written under ``bash -eu`` in a fresh instance made by ``kakuin init``, with the venv's
+  ``kakuin`` on the PATH and ``KAKUIN_HOME`` set, as the README tells the reader to do:
+  ``bootstrap`` (each ``# -> {...}`` comment is a promise about that command's JSON output and
+  is checked; the tokens it printed then work against the instance's real ``kakuin serve``) and
+  ``pdfsig`` (on a seal made through that server, from a directory where ``var`` is the home,
+  as after ``make run``).
 
-Whatever the block says is what runs: when the bootstrap changes, the test follows the README.
+Whatever a block says is what runs: when the bootstrap changes, the test follows the README.
 """
 
 from __future__ import annotations
@@ -34,18 +37,19 @@ import click
 import pytest
 
 from kakuin.cli import main
+from tests.fixtures_pdf import guidance_record
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 BIN = Path(sys.executable).parent
-MARKER = "tests/test_readme.py runs the next block verbatim"
+MARKER = re.compile(r"tests/test_readme\.py runs the next block verbatim \(([a-z-]+)\)")
 
 
 @dataclass(frozen=True)
 class Block:
     line: int  # of the opening fence, 1-based
     text: str
-    run: bool  # marked to be executed verbatim
+    run: str | None  # the scenario that executes it verbatim, if marked
 
 
 def sh_blocks(markdown: str) -> list[Block]:
@@ -60,8 +64,8 @@ def sh_blocks(markdown: str) -> list[Block]:
             while lines[i].strip() != "```":
                 body.append(lines[i])
                 i += 1
-            marked = start > 0 and MARKER in lines[start - 1]
-            blocks.append(Block(start + 1, "\n".join(body) + "\n", marked))
+            marked = MARKER.search(lines[start - 1]) if start > 0 else None
+            blocks.append(Block(start + 1, "\n".join(body) + "\n", marked and marked[1]))
         i += 1
     return blocks
 
@@ -105,10 +109,15 @@ def _parse_cli(args: list[str]) -> None:
 BLOCKS = sh_blocks(README.read_text())
 
 
-def test_readme_has_the_bootstrap_block_marked() -> None:
-    marked = [b for b in BLOCKS if b.run]
-    assert marked, "the bootstrap block lost its marker"
-    assert any("kakuin org add" in b.text for b in marked)
+def _marked(name: str) -> Block:
+    found = [b for b in BLOCKS if b.run == name]
+    assert len(found) == 1, f"README.md should mark exactly one block ({name})"
+    return found[0]
+
+
+def test_readme_has_the_marked_blocks() -> None:
+    assert "kakuin org add" in _marked("bootstrap").text
+    assert "pdfsig" in _marked("pdfsig").text
     assert "8000020131041" not in README.read_text()  # fails kakuin's own check digit
 
 
@@ -156,62 +165,63 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _clean_env(home: Path) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("KAKUIN_", "SOFTHSM2_")) and k != "VIRTUAL_ENV"
-    }
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["KAKUIN_HOME"] = str(home)
-    return env
-
-
-@pytest.fixture(scope="module")
-def instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, str]]]:
-    """A fresh instance in a temporary home, made by the real ``kakuin init``."""
-    home = tmp_path_factory.mktemp("readme") / "home"
-    env = _clean_env(home)
-    done = subprocess.run(
-        ["kakuin", "init"], env=env, capture_output=True, text=True, timeout=300, check=False
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    yield home, env
-
-
-@pytest.mark.parametrize(
-    "block", [b for b in BLOCKS if b.run], ids=[f"README.md:{b.line}" for b in BLOCKS if b.run]
-)
-def test_marked_block_runs_verbatim(
-    block: Block, instance: tuple[Path, dict[str, str]], tmp_path: Path
-) -> None:
-    _home, env = instance
-    done = subprocess.run(
-        ["bash", "-eu", "-o", "pipefail", "-c", block.text],
-        cwd=tmp_path,
+def _bash(script: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "-eu", "-o", "pipefail", "-c", script],
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
-    assert done.returncode == 0, f"README.md:{block.line} failed:\n{done.stdout}\n{done.stderr}"
-    printed = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    # Each promise is kept by the next printed object that has all its members, in order.
-    rest = iter(printed)
-    for promise in _promises(block.text):
-        for obj in rest:
-            if promise.keys() <= obj.keys():
-                assert {k: obj[k] for k in promise} == promise, (block.line, obj)
-                break
-        else:
-            pytest.fail(f"README.md:{block.line}: nothing printed {promise}: {printed}")
 
-    # The printed tokens work against the instance's real server.
-    tokens = [o for o in printed if "token" in o]
-    if not tokens:
-        return
+
+def _http(base: str, method: str, path: str, token: str, body: Any = None) -> Any:
+    req = urllib.request.Request(
+        base + path,
+        data=None if body is None else json.dumps(body).encode(),
+        method=method,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        assert resp.status in (200, 201), resp.status
+        return json.loads(resp.read())
+
+
+@dataclass
+class Instance:
+    home: Path
+    env: dict[str, str]
+    base: str
+    printed: list[dict[str, Any]]  # what the bootstrap block printed
+
+
+@pytest.fixture(scope="module")
+def instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Instance]:
+    """A fresh instance made by the real ``kakuin init``, bootstrapped by the README's block,
+    served by ``kakuin serve`` at the URL its certificates name (``KAKUIN_BASE_URL``)."""
+    work = tmp_path_factory.mktemp("readme")
+    home = work / "home"
     port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("KAKUIN_", "SOFTHSM2_")) and k != "VIRTUAL_ENV"
+    }
+    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", KAKUIN_HOME=str(home))
+    env["KAKUIN_BASE_URL"] = base
+    done = subprocess.run(
+        ["kakuin", "init"], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    block = _marked("bootstrap")
+    ran = _bash(block.text, work, env)
+    assert ran.returncode == 0, f"README.md:{block.line} failed:\n{ran.stdout}\n{ran.stderr}"
+    printed = [json.loads(line) for line in ran.stdout.splitlines() if line.startswith("{")]
+
     server = subprocess.Popen(
         ["kakuin", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
         env=env,
@@ -220,7 +230,6 @@ def test_marked_block_runs_verbatim(
         start_new_session=True,
     )
     try:
-        base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -231,15 +240,64 @@ def test_marked_block_runs_verbatim(
                 assert server.poll() is None, "kakuin serve exited"
                 assert time.monotonic() < deadline, "kakuin serve did not answer in 60 s"
                 time.sleep(0.3)
-        for issued in tokens:
-            org = issued["organization_id"]
-            req = urllib.request.Request(
-                f"{base}/api/v1/organizations/{org}",
-                headers={"Authorization": f"Bearer {issued['token']}"},
-            )
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                assert resp.status == 200
-                assert json.loads(resp.read())["id"] == org
+        yield Instance(home, env, base, printed)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_bootstrap_block_runs_verbatim(instance: Instance) -> None:
+    block = _marked("bootstrap")
+    # Each promise is kept by the next printed object that has all its members, in order.
+    rest = iter(instance.printed)
+    for promise in _promises(block.text):
+        for obj in rest:
+            if promise.keys() <= obj.keys():
+                assert {k: obj[k] for k in promise} == promise, (block.line, obj)
+                break
+        else:
+            pytest.fail(f"README.md:{block.line}: nothing printed {promise}: {instance.printed}")
+    # The printed tokens work against the instance's real server.
+    tokens = [o for o in instance.printed if "token" in o]
+    assert tokens
+    for issued in tokens:
+        org = issued["organization_id"]
+        got = _http(instance.base, "GET", f"/api/v1/organizations/{org}", issued["token"])
+        assert got["id"] == org
+
+
+@pytest.mark.skipif(
+    not (shutil.which("pdfsig") and shutil.which("certutil")),
+    reason="needs pdfsig (poppler-utils) and certutil (libnss3-tools): make test installs them",
+)
+def test_pdfsig_block_runs_verbatim(instance: Instance, tmp_path: Path) -> None:
+    """A school of the bootstrapped board gets a hosted seal (its system requests, the board's
+    officer approves), the CA host seals a PDF, and the README's pdfsig block trusts it."""
+    officer = next(o for o in instance.printed if o.get("role") == "board-officer")
+    board = str(officer["organization_id"])
+    cli = ["kakuin", "org", "add", "--kind", "school", "--name-ja", "新宿区立第一中学校",
+           "--school-code", "C113210000010", "--board-id", board]  # fmt: skip
+    school = json.loads(subprocess.check_output(cli, env=instance.env, text=True))
+    made = subprocess.check_output(
+        ["kakuin", "token", "create", "--org", str(school["id"]), "--role", "school-system",
+         "--name", "校務支援システム"], env=instance.env, text=True,
+    )  # fmt: skip
+    system = json.loads(made)["token"]
+    req = _http(instance.base, "POST", "/api/v1/seal-requests", system, {"key": {"hosted": True}})
+    path = f"/api/v1/seal-requests/{req['id']}/approve"
+    assert _http(instance.base, "POST", path, officer["token"])["status"] == "issued"
+
+    (tmp_path / "var").symlink_to(instance.home)  # as after `make run`: the home is ./var
+    (tmp_path / "record.pdf").write_bytes(guidance_record())
+    sealed = subprocess.run(
+        ["kakuin", "--home", "var", "seal", "pdf", "record.pdf", "sealed.pdf",
+         "--org", str(school["id"]), "--level", "B-T"],
+        cwd=tmp_path, env=instance.env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert sealed.returncode == 0, sealed.stdout + sealed.stderr
+
+    block = _marked("pdfsig")
+    ran = _bash(block.text, tmp_path, instance.env)
+    assert ran.returncode == 0, f"README.md:{block.line} failed:\n{ran.stdout}\n{ran.stderr}"
+    assert "Signature Validation: Signature is Valid." in ran.stdout, ran.stdout
+    assert "Certificate Validation: Certificate is Trusted." in ran.stdout, ran.stdout
