@@ -272,7 +272,8 @@ def test_bootstrap_block_runs_verbatim(instance: Instance) -> None:
 )
 def test_pdfsig_block_runs_verbatim(instance: Instance, tmp_path: Path) -> None:
     """A school of the bootstrapped board gets a hosted seal (its system requests, the board's
-    officer approves), the CA host seals a PDF, and the README's pdfsig block trusts it."""
+    officer approves), the README's sealing line seals a PDF at the CA host, and the README's
+    pdfsig block trusts it."""
     officer = next(o for o in instance.printed if o.get("role") == "board-officer")
     board = str(officer["organization_id"])
     cli = ["kakuin", "org", "add", "--kind", "school", "--name-ja", "新宿区立第一中学校",
@@ -289,12 +290,17 @@ def test_pdfsig_block_runs_verbatim(instance: Instance, tmp_path: Path) -> None:
 
     (tmp_path / "var").symlink_to(instance.home)  # as after `make run`: the home is ./var
     (tmp_path / "record.pdf").write_bytes(guidance_record())
-    sealed = subprocess.run(
-        ["kakuin", "--home", "var", "seal", "pdf", "record.pdf", "sealed.pdf",
-         "--org", str(school["id"]), "--level", "B-T"],
-        cwd=tmp_path, env=instance.env, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert sealed.returncode == 0, sealed.stdout + sealed.stderr
+    # The README's own line seals it ("--org 3": the first school after the bootstrap).
+    line = next(
+        " ".join(words)
+        for b in BLOCKS
+        for words, _ in commands(b.text)
+        if words[:5] == ["kakuin", "seal", "pdf", "record.pdf", "sealed.pdf"]
+        and "--remote" not in words
+    )
+    assert f"--org {school['id']} " in f"{line} ", (line, school)
+    sealed = _bash(line, tmp_path, instance.env)
+    assert sealed.returncode == 0, line + sealed.stdout + sealed.stderr
 
     block = _marked("pdfsig")
     ran = _bash(block.text, tmp_path, instance.env)
