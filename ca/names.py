@@ -163,7 +163,8 @@ def clean(value: object, field: str) -> str:
         raise NameRejected(field, "empty", f"{field} must be a non-empty string")
     nfc = unicodedata.normalize("NFC", text)
     if nfc != text:
-        at = next((i for i, (a, b) in enumerate(zip(text, nfc, strict=False)) if a != b), len(nfc))
+        pairs = enumerate(zip(text, nfc, strict=False))
+        at = min(next((i for i, (a, b) in pairs if a != b), len(nfc)), len(text) - 1)
         raise NameRejected(
             field,
             "nfc",
