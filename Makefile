@@ -6,8 +6,9 @@ VENV   ?= .venv
 HOME_DIR ?= var
 BIN    := $(VENV)/bin
 APT_PACKAGES := softhsm2 opensc openssl poppler-utils qpdf fonts-ipaexfont-gothic
-# Only for the test suite (headless browser check of /verify) and bench/ocsp.py.
-APT_TEST_PACKAGES := chromium wrk
+# Only for the test suite (headless browser check of /verify; certutil for the pdfsig
+# trust check) and bench/ocsp.py.
+APT_TEST_PACKAGES := chromium wrk libnss3-tools
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test setup apt venv init lint bench demo clean

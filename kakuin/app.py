@@ -160,7 +160,7 @@ def _register_request_hooks(app: Flask) -> None:
 def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(CAError)
     def ca_error(exc: CAError) -> Any:
-        return problem(exc.status, exc.type, exc.title, exc.detail, **exc.problem_fields())
+        return problem(exc.status, exc.type, exc.title, exc.detail, **exc.members())
 
     @app.errorhandler(SigningError)
     def signing_error(exc: SigningError) -> Any:
