@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 import sys
+import warnings
 from functools import cached_property
 from typing import Any
 
@@ -156,6 +157,10 @@ def serve(obj: Context, host: str | None, port: int | None, workers: int | None,
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir(settings.home))
     from kakuin import metrics
 
+    # gevent warns that ssl was imported before its patch (by aiohttp, through pyHanko). aiohttp
+    # runs TLS inside asyncio over memory BIOs, never on a blocking socket, which is what the
+    # warning is about; urllib/http.client look the ssl module up when called (patched).
+    warnings.filterwarnings("ignore", message="Monkey-patching ssl after ssl")
     options = {
         "bind": f"{host or settings.host}:{port or settings.port}",
         "workers": workers or settings.workers,

@@ -221,3 +221,36 @@ def test_unreachable_storage_lets_requests_through(settings: Settings,
     finally:
         server.shutdown()  # type: ignore[attr-defined]
     assert metrics.RATE_LIMIT_ERRORS._value.get() > before
+
+
+def test_bad_limit_settings_are_one_clear_error(settings: Settings) -> None:
+    from kakuin.ratelimit import RateLimits
+    from kakuin.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="limits"):
+        RateLimits(dataclasses.replace(TIGHT, verify="five per minute"), "x")
+    with pytest.raises(SettingsError, match="trusted_proxies"):
+        RateLimits(dataclasses.replace(TIGHT, trusted_proxies=("not-an-address",)), "x")
+    with pytest.raises(SettingsError, match="storage_url"):
+        RateLimits(dataclasses.replace(TIGHT, storage_url="nosuch://x"), "x")
+
+
+def test_settings_from_file_and_environment(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from kakuin.settings import SettingsError, load_settings
+
+    (tmp_path / "kakuin.toml").write_text(
+        '[limits]\nverify = "1/second"\ntrusted_proxies = ["10.0.0.0/8"]\n'
+        '[metrics]\nenabled = true\n')
+    s = load_settings(tmp_path)
+    assert s.limits.verify == "1/second" and s.limits.trusted_proxies == ("10.0.0.0/8",)
+    assert s.limits.storage_url == "memory://" and s.metrics.enabled
+    assert s.worker_class == "gevent"
+    monkeypatch.setenv("KAKUIN_REDIS_URL", REDIS_URL)
+    monkeypatch.setenv("KAKUIN_RATE_LIMITS", "0")
+    monkeypatch.setenv("KAKUIN_METRICS", "off")
+    s = load_settings(tmp_path)
+    assert s.limits.storage_url == REDIS_URL and not s.limits.enabled and not s.metrics.enabled
+    monkeypatch.setenv("KAKUIN_WORKER_CLASS", "eventlet")
+    with pytest.raises(SettingsError, match="worker_class"):
+        load_settings(tmp_path)

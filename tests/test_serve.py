@@ -125,3 +125,40 @@ def test_new_database_is_private(tmp_path: Path) -> None:
     for path in files:
         assert _mode(path) == 0o600, path
     assert _mode(home) == 0o700
+
+
+def test_asyncio_run_is_safe_between_greenlets() -> None:
+    """pyHanko's asyncio.run from concurrent greenlets: without the gate, all but one fail
+    ("cannot be called from a running event loop"); with it all finish and other greenlets
+    keep running meanwhile. In a subprocess: monkey-patching is for the whole process."""
+    code = """
+from gevent import monkey; monkey.patch_all()
+import asyncio, sys, gevent
+from kakuin.greenlets import in_gevent_worker, serialise_asyncio_run
+async def work(i):
+    await asyncio.sleep(0.1)
+    return i
+def run(i):
+    try:
+        return asyncio.run(work(i))
+    except RuntimeError as exc:
+        return str(exc)
+def batch():
+    jobs = [gevent.spawn(run, i) for i in range(4)]
+    gevent.joinall(jobs)
+    return [j.value for j in jobs]
+ticks = []
+def ticker():
+    for _ in range(5):
+        ticks.append(1)
+        gevent.sleep(0.02)
+assert in_gevent_worker()
+before = batch()
+assert sum(isinstance(v, str) for v in before) == 3, before
+serialise_asyncio_run()
+t = gevent.spawn(ticker)
+assert batch() == [0, 1, 2, 3]
+t.join()
+assert len(ticks) == 5
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
