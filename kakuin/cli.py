@@ -155,8 +155,9 @@ def serve(obj: Context, host: str | None, port: int | None, workers: int | None,
     settings = obj.settings
     # Before prometheus_client is imported anywhere (it picks its value class on import).
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir(settings.home))
-    from kakuin import metrics
+    from kakuin import metrics, ratelimit
 
+    ratelimit.RateLimits(settings.limits, settings.base_url)  # bad [limits]: one line, here
     # gevent warns that ssl was imported before its patch (by aiohttp, through pyHanko). aiohttp
     # runs TLS inside asyncio over memory BIOs, never on a blocking socket, which is what the
     # warning is about; urllib/http.client look the ssl module up when called (patched).
