@@ -170,6 +170,8 @@ def serve(obj: Context, host: str | None, port: int | None, workers: int | None,
         "errorlog": "-",
         "loglevel": settings.log_level.lower(),
         "timeout": 60,
+        # gevent: also the deadline for a request line + headers; a trickling client is cut.
+        "keepalive": 2,
         "post_worker_init": _worker_started,
         "child_exit": metrics.child_exit,
     }

@@ -162,3 +162,26 @@ t.join()
 assert len(ticks) == 5
 """
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_trickling_client_is_cut_off(server: str) -> None:
+    """Headers not complete within the keepalive deadline (2 s): the server hangs up."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(server)
+    start = time.monotonic()
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.settimeout(0.5)
+        closed_after = None
+        for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 20:
+            try:
+                sock.sendall(bytes([byte]))
+                if sock.recv(64) == b"":
+                    closed_after = time.monotonic() - start
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                closed_after = time.monotonic() - start
+                break
+    assert closed_after is not None and closed_after < 4, closed_after
