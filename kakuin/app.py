@@ -20,7 +20,7 @@ from ca import protocol_api
 from ca.errors import CAError
 from hsm.api import HashAlg, KeyRef, SignScheme
 from hsm.errors import HsmError
-from kakuin import logs
+from kakuin import homedir, logs, metrics, ratelimit
 from kakuin.services import HEALTHCHECK_KEY_LABEL, Services
 from kakuin.settings import Settings, load_settings
 from signing import api as signing_api
@@ -62,6 +62,7 @@ def services() -> Services:
 def create_app(settings: Settings | None = None, svc: Services | None = None) -> Flask:
     settings = settings or load_settings()
     logs.configure(settings.log_level)
+    homedir.secure_home(settings)
     app = Flask("kakuin")
     app.config["MAX_CONTENT_LENGTH"] = 32 * 1024 * 1024
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
@@ -73,6 +74,12 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
     app.register_blueprint(protocol_api.bp)
     app.wsgi_app = protocol_api.OcspFastPath(app.wsgi_app, app.extensions)  # type: ignore[method-assign]
     app.wsgi_app = signing_api.TsaFastPath(app.wsgi_app, app.extensions)  # type: ignore[method-assign]
+    # In front of the fast paths: rate limits, then (outermost) request metrics.
+    app.wsgi_app = ratelimit.RateLimitMiddleware(  # type: ignore[method-assign]
+        app.wsgi_app, ratelimit.RateLimits(settings.limits, namespace=settings.base_url))
+    app.wsgi_app = metrics.MetricsMiddleware(app.wsgi_app)  # type: ignore[method-assign]
+    metrics.init_app(app, settings.metrics.enabled, settings.metrics.allow_from,
+                     settings.metrics.token_env)
     app.extensions["signing"] = svc.signing
     app.register_blueprint(signing_api.bp)
     csc_api.init_app(app, CscService(svc.store, svc.keys,
@@ -197,13 +204,16 @@ def start_maintenance(svc: Services) -> threading.Thread | None:
 
     def loop() -> None:
         while not stop.is_set():
+            started, ok = time.perf_counter(), False
             try:
                 done = svc.ca.maintain()
                 done["trust_lists"] = trustlist.refresh_imported(svc.settings.home)
                 if done["crls_published"] or done["ocsp_refreshed"] or done["responder_renewed"]:
                     log.info("maintenance", extra=done)
+                ok = True
             except Exception:
                 log.exception("maintenance failed")
+            metrics.record_scheduler_run(ok, time.perf_counter() - started)
             # Jitter so several workers don't all wake at the same moment.
             stop.wait(interval * (0.75 + secrets.randbelow(500) / 1000))
 
