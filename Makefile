@@ -6,9 +6,11 @@ VENV   ?= .venv
 HOME_DIR ?= var
 BIN    := $(VENV)/bin
 APT_PACKAGES := softhsm2 opensc openssl poppler-utils qpdf fonts-ipaexfont-gothic
-# Only for the test suite (headless browser check of /verify; certutil for the pdfsig
-# trust check) and bench/ocsp.py.
-APT_TEST_PACKAGES := chromium wrk libnss3-tools
+# Only for the test suite (headless browser checks of /verify and the console; Node.js 20
+# with npm (NodeSource, or Debian 13's nodejs + npm) for
+# the test OpenID Connect provider in tests/oidc; certutil for the pdfsig trust check) and
+# bench/ocsp.py.
+APT_TEST_PACKAGES := chromium chromium-driver nodejs wrk libnss3-tools
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test setup apt venv init lint bench demo clean
@@ -18,6 +20,8 @@ run: setup init
 
 test: setup
 	@$(MAKE) --no-print-directory apt APT_PACKAGES="$(APT_TEST_PACKAGES)"
+	@test tests/oidc/node_modules/.package-lock.json -nt tests/oidc/package-lock.json || \
+	  (cd tests/oidc && npm ci --no-audit --no-fund --silent)
 	$(BIN)/pytest
 
 setup: apt venv

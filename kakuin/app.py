@@ -21,6 +21,7 @@ from ca.errors import CAError
 from hsm.api import HashAlg, KeyRef, SignScheme
 from hsm.errors import HsmError
 from kakuin import homedir, logs, metrics, ratelimit
+from kakuin.console import views as console
 from kakuin.services import HEALTHCHECK_KEY_LABEL, Services
 from kakuin.settings import Settings, load_settings
 from signing import api as signing_api
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
     app.register_blueprint(signing_api.bp)
     csc_api.init_app(app, CscService(svc.store, svc.keys,
                                      load_sad_key(settings.home / "secrets" / "csc-sad.key")))
+    console.init_app(app, settings.console, settings.home)  # / and /console (people)
     _register_request_hooks(app)
     _register_error_handlers(app)
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kakuin.console.config import ConsoleSettings, ConsoleSettingsError, console_settings
+
 REPO_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 
 
@@ -121,6 +123,7 @@ class Settings:
     worker_class: str = "gevent"
     limits: LimitSettings = field(default_factory=LimitSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
 
     @property
     def pki_dir(self) -> Path:
@@ -171,6 +174,7 @@ _ENV = {
     "KAKUIN_REDIS_URL": ("limits", "storage_url"),
     "KAKUIN_RATE_LIMITS": ("limits", "enabled"),
     "KAKUIN_METRICS": ("metrics", "enabled"),
+    "KAKUIN_CONSOLE_SECURE_COOKIES": ("console", "secure_cookies"),
 }
 
 
@@ -283,6 +287,9 @@ def load_settings(home: Path | str | None = None, **overrides: Any) -> Settings:
                                  ("gevent", "sync", "gthread"), "server.worker_class"),
             limits=_limit_settings(data),
             metrics=_metrics_settings(data),
+            console=console_settings(data),
         )
+    except ConsoleSettingsError as exc:
+        raise SettingsError(str(exc)) from exc
     except (KeyError, TypeError, ValueError) as exc:
         raise SettingsError(f"invalid settings: {exc!r}") from exc

@@ -1,0 +1,445 @@
+"""The console (/console) and landing page (/) with real parts: a real OpenID Connect provider
+(panva/oidc-provider on Node.js, gBizID-like claims) on 127.0.0.1, the real app on a socket
+over a fresh SQLite database of the session CA, and headless Chromium through WebDriver.
+
+Chromium logs two board officers in, approves a request needing two people (dual control),
+revokes the certificate and finds the person named in the audit trail; screenshots of every
+screen land in docs/images/. Refusals (wrong iss/aud/nonce, expired or tampered id_token, an
+unregistered corporate number, a Member approving, a missing CSRF token, the same person
+approving twice) go over plain HTTP.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import http.cookiejar
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from werkzeug.serving import make_server
+
+from ca import audit, clients, registry
+from ca.store import Store, upgrade
+from kakuin.app import create_app
+from kakuin.console.config import ConsoleSettings, ProviderSettings
+from kakuin.console.oidc import LoginRefused, Provider
+from kakuin.services import Services
+from tests.cafixtures import _call, _copy_ca_rows, _corporate
+
+ROOT = Path(__file__).resolve().parent.parent
+OIDC_DIR = Path(__file__).resolve().parent / "oidc"
+IMAGES = ROOT / "docs" / "images"
+SECRET = "kakuin-console-test-secret"  # the provider's and the app's, for this test only
+BOARD_CN = _corporate("131041")
+OPERATOR_CN = _corporate("999991")
+UNKNOWN_CN = _corporate("555555")
+ACCOUNTS = {
+    "yamada": {"sub": "g-0001", "name": "山田 花子", "account_type": "2",
+               "corporate_number": BOARD_CN},
+    "sato": {"sub": "g-0002", "name": "佐藤 一郎", "account_type": "2",
+             "corporate_number": BOARD_CN},
+    "suzuki": {"sub": "g-0003", "name": "鈴木 次郎", "account_type": "3",
+               "corporate_number": BOARD_CN},
+    "ops": {"sub": "g-0009", "name": "運用 太郎", "account_type": "2",
+            "corporate_number": OPERATOR_CN},
+    "stranger": {"sub": "g-0666", "name": "無所属 三郎", "account_type": "2",
+                 "corporate_number": UNKNOWN_CN},
+}
+
+
+class _LateApp:
+    """The socket exists before the app: the provider needs our redirect URI, we its issuer."""
+
+    app: Any = None
+
+    def __call__(self, environ: Any, start_response: Any) -> Any:
+        return self.app(environ, start_response)
+
+
+@dataclass
+class World:
+    url: str
+    issuer: str
+    store: Store
+    school: str  # the school system's API token
+    provider: Provider
+    sessions: Path
+
+
+def _node_provider(redirect_uri: str) -> tuple[subprocess.Popen[str], str]:
+    if not (OIDC_DIR / "node_modules" / "oidc-provider").is_dir():
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=OIDC_DIR, check=True,
+                       capture_output=True, timeout=300)
+    config = {
+        "clients": [
+            {"client_id": "kakuin", "client_secret": SECRET, "redirect_uris": [redirect_uri]},
+            {"client_id": "other", "client_secret": SECRET, "redirect_uris": [redirect_uri]},
+        ],
+        "accounts": ACCOUNTS,
+    }
+    proc = subprocess.Popen(["node", "provider.mjs"], cwd=OIDC_DIR, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OIDC_TEST_CONFIG": json.dumps(config)})
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line, "the OpenID Connect provider did not start"
+    return proc, json.loads(line)["issuer"]
+
+
+@pytest.fixture(scope="module")
+def world(settings: Any, services: Services, tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[World]:
+    tmp = tmp_path_factory.mktemp("console")
+    url = f"sqlite:///{tmp / 'kakuin.db'}"
+    upgrade(url)
+    store = Store(url)
+    _copy_ca_rows(services.store, store)
+    profiles = dict(services.profiles)
+    profiles["eseal"] = dataclasses.replace(profiles["eseal"], approvals_required=2)
+    late = _LateApp()
+    server = make_server("127.0.0.1", 0, late, threaded=True)
+    base = f"http://127.0.0.1:{server.server_port}"
+    proc, issuer = _node_provider(f"{base}/console/callback")
+    os.environ["KAKUIN_TEST_OIDC_SECRET"] = SECRET
+    conf = ProviderSettings(name="gbizid", title="GビズID", issuer=issuer, client_id="kakuin",
+                            client_secret_env="KAKUIN_TEST_OIDC_SECRET", leeway_seconds=5)
+    console = ConsoleSettings(secure_cookies=False, session_dir=str(tmp / "sessions"),
+                              providers=(conf,))
+    app_settings = dataclasses.replace(settings, console=console)
+    svc = Services(app_settings, store, services.keys, profiles)
+    svc.ca.maintain()
+    late.app = create_app(app_settings, svc)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with store.session() as s:
+            registry.add_operator(s, name_ja="kakuin 運用者", actor="test",
+                                  corporate_number=OPERATOR_CN)
+            board = registry.add_board(s, name_ja="新宿区教育委員会", local_gov_code="131041",
+                                       corporate_number=BOARD_CN, actor="test")
+            school = registry.add_school(s, name_ja="新宿区立第一中学校",
+                                         school_code="C113210000010", board_id=board.id,
+                                         actor="test")
+            _, school_token = clients.create_client(
+                s, organization_id=school.id, role="school-system", name="校務支援システム",
+                actor="test")
+        yield World(base, issuer, store, school_token, Provider(conf), tmp / "sessions")
+    finally:
+        server.shutdown()
+        proc.terminate()
+        proc.wait(timeout=10)
+        store.dispose(close=True)
+        os.environ.pop("KAKUIN_TEST_OIDC_SECRET", None)
+
+
+# -- a browserless person: cookies, redirects, the provider's login and consent forms ---------
+
+
+class Person:
+    def __init__(self, world: World, *handlers: Any) -> None:
+        self.world = world
+        self.jar = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar),
+                                                  *handlers)
+
+    def open(self, url: str, form: dict[str, str] | None = None) -> tuple[int, str, str]:
+        data = urllib.parse.urlencode(form).encode() if form is not None else None
+        try:
+            with self.opener.open(url, data=data, timeout=60) as resp:
+                return resp.status, resp.url, resp.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.url, err.read().decode()
+
+    def login(self, account: str) -> tuple[int, str]:
+        status, url, html = self.open(f"{self.world.url}/console/login/gbizid")
+        for _ in range(4):
+            if not url.startswith(self.world.issuer):
+                return status, html
+            status, url, html = _submit_provider_form(self, url, html, account)
+        raise AssertionError(f"the login did not come back: {url}")
+
+    def csrf(self, path: str = "/console/") -> str:
+        _, _, html = self.open(self.world.url + path)
+        found = re.search(r'name="csrf" value="([^"]+)"', html)
+        assert found, html[:500]
+        return found.group(1)
+
+
+def _submit_provider_form(person: Person, url: str, html: str, account: str
+                          ) -> tuple[int, str, str]:
+    action = re.search(r'<form[^>]*action="([^"]+)"', html)
+    prompt = re.search(r'name="prompt" value="(\w+)"', html)
+    assert action and prompt, html[:800]
+    form = {"prompt": prompt.group(1)}
+    if form["prompt"] == "login":
+        form.update(login=account, password="any")
+    return person.open(urllib.parse.urljoin(url, action.group(1)), form)
+
+
+def _code_for(world: World, client_id: str, account: str) -> tuple[str, str, str]:
+    """A real authorization code for ``client_id`` (state, nonce, PKCE verifier kept here)."""
+    from authlib.common.security import generate_token
+    from authlib.integrations.requests_client import OAuth2Session
+
+    redirect_uri = f"{world.url}/console/callback"
+    client = OAuth2Session(client_id, SECRET, scope="openid profile", redirect_uri=redirect_uri,
+                           code_challenge_method="S256")
+    nonce, verifier = generate_token(20), generate_token(48)
+    auth_url, _ = client.create_authorization_url(f"{world.issuer}/auth", nonce=nonce,
+                                                  code_verifier=verifier)
+
+    class Stop(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+            if newurl.startswith(redirect_uri):
+                raise _Arrived(newurl)
+            return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+    person = Person(world, Stop())
+    try:
+        _, url, html = person.open(auth_url)
+        for _ in range(4):
+            _, url, html = _submit_provider_form(person, url, html, account)
+    except _Arrived as arrived:
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(arrived.url).query)
+        token = client.fetch_token(f"{world.issuer}/token", code=query["code"][0],
+                                   code_verifier=verifier)
+        return token["id_token"], nonce, token["access_token"]
+    raise AssertionError("no code came back")
+
+
+class _Arrived(Exception):
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+
+# -- landing page ------------------------------------------------------------------------------
+
+
+def test_landing_page(world: World) -> None:
+    person = Person(world)
+    status, _, html = person.open(world.url + "/")
+    assert status == 200 and '<html lang="ja">' in html
+    for link in ('href="/verify"', 'href="/console/"', 'href="/api/v1/openapi.json"',
+                 'href="/trust-list"', 'href="/pki/'):
+        assert link in html, link
+    assert "電子印の確認" in html
+    assert "http://" not in html and "https://" not in html  # nothing from outside
+    with person.opener.open(world.url + "/") as resp:
+        csp = resp.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in csp and "script-src" not in csp
+    assert "frame-ancestors 'none'" in csp
+    pki = re.search(r'href="(/pki/[^"]+\.crt)"', html)
+    assert pki
+    with person.opener.open(world.url + pki.group(1)) as resp:
+        assert resp.headers["Content-Type"] == "application/pkix-cert"
+    _, _, html = person.open(world.url + "/?lang=en")
+    assert '<html lang="en">' in html and "Check a sealed document" in html
+
+
+# -- id_token checks against the real provider's JWKS ------------------------------------------
+
+
+def test_id_token_checks(world: World) -> None:
+    id_token, nonce, _ = _code_for(world, "kakuin", "yamada")
+    claims = world.provider.validate_id_token(id_token, nonce)
+    assert claims["sub"] == "g-0001" and claims["aud"] == "kakuin"
+
+    def refused(token: str, nonce: str, provider: Provider = world.provider,
+                now: int | None = None) -> str:
+        with pytest.raises(LoginRefused) as caught:
+            provider.validate_id_token(token, nonce, now=now)
+        return caught.value.reason
+
+    assert refused(id_token, "another-nonce") == "wrong-nonce"
+    assert refused(id_token, nonce, now=int(claims["exp"]) + 60) == "expired"
+    head, body, sig = id_token.split(".")
+    flipped = sig[:-4] + ("AAAA" if sig[-4:] != "AAAA" else "BBBB")
+    assert refused(f"{head}.{body}.{flipped}", nonce) == "bad-id-token"
+    other_token, other_nonce, _ = _code_for(world, "other", "yamada")  # issued to another client
+    assert refused(other_token, other_nonce) == "wrong-audience"
+    # A provider configured with another issuer name: discovery (and so every token) refused.
+    wrong = Provider(dataclasses.replace(world.provider.conf,
+                                         issuer=world.issuer.replace("127.0.0.1", "localhost")))
+    assert refused(id_token, nonce, provider=wrong) == "wrong-issuer"
+
+
+# -- login refusals over HTTP -------------------------------------------------------------------
+
+
+def test_login_refusals(world: World) -> None:
+    status, html = Person(world).login("stranger")
+    assert status == 403 and "法人番号" in html and "unknown-organization" in html
+    status, _, html = Person(world).open(f"{world.url}/console/callback?code=x&state=forged")
+    assert status == 403 and "bad-state" in html
+    with world.store.session() as s:
+        refusals = [e for e in audit.entries(s, 0, 1000) if e.action == "console.login-refused"]
+    assert any("g-0666" in e.actor and "無所属" in e.actor for e in refusals)
+
+
+# -- the browser walk: two people approve, one revokes; refusals in between ---------------------
+
+
+def _driver() -> Any:
+    if shutil.which("chromedriver") is None:
+        pytest.fail("chromedriver missing: apt-get install chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,900",
+                "--lang=ja"):
+        options.add_argument(arg)
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    return webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+
+
+def _browser_login(driver: Any, world: World, account: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.delete_all_cookies()
+    driver.get(world.url + "/console/")
+    driver.find_element(By.PARTIAL_LINK_TEXT, "GビズID").click()
+    driver.find_element(By.NAME, "login").send_keys(account)
+    driver.find_element(By.NAME, "password").send_keys("any")
+    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()  # consent
+    assert driver.current_url.startswith(world.url + "/console/"), driver.current_url
+
+
+def _shot(driver: Any, name: str) -> None:
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    height = driver.execute_script("return document.body.scrollHeight")
+    driver.set_window_size(1280, max(600, min(int(height) + 40, 2000)))
+    path = IMAGES / f"console-{name}.png"
+    driver.save_screenshot(str(path))
+    assert path.stat().st_size > 5000
+
+
+def test_console_in_chromium(world: World) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    status, req = _call(world.url, "POST", "/api/v1/seal-requests", world.school,
+                        {"key": {"hosted": True, "algorithm": "ECDSA-P256"}})
+    assert status == 201 and req["approvals_required"] == 2, req
+    rid = req["id"]
+
+    driver = _driver()
+    try:
+        driver.get(world.url + "/console/")
+        _shot(driver, "login")
+        _browser_login(driver, world, "yamada")
+        assert "山田 花子" in driver.page_source and "新宿区教育委員会" in driver.page_source
+        _shot(driver, "home")
+        driver.get(world.url + "/console/requests")
+        assert "新宿区立第一中学校" in driver.page_source
+        _shot(driver, "requests")
+        driver.find_element(By.ID, f"approve-{rid}").click()
+        assert "別の担当者の承認が必要です" in driver.page_source  # 1 of 2
+
+        # Refusals over HTTP, while the request waits for a second person.
+        yamada = Person(world)
+        assert yamada.login("yamada")[0] == 200
+        path = f"{world.url}/console/requests/{rid}/approve"
+        status, _, html = yamada.open(path, {"csrf": yamada.csrf()})
+        assert status == 403 and "already approved" in html  # the same person, a new session
+        status, _, html = yamada.open(path, {})
+        assert status == 400 and "CSRF" in html  # no token, no action
+        suzuki = Person(world)
+        status, html = suzuki.login("suzuki")  # a Member: read only
+        assert status == 200 and "閲覧のみ" in html
+        status, _, html = suzuki.open(path, {"csrf": suzuki.csrf()})
+        assert status == 403
+        with world.store.session() as s:
+            denied = [e for e in audit.entries(s, 0, 1000) if e.action == "access.denied"]
+        assert any("鈴木 次郎" in e.actor for e in denied)
+
+        # My schools: register one (pending until the operator confirms).
+        driver.get(world.url + "/console/schools")
+        driver.find_element(By.ID, "name_ja").send_keys("新宿区立第二中学校")
+        driver.find_element(By.ID, "school_code").send_keys("C113210000029")
+        driver.find_element(By.CSS_SELECTOR, "form.stack button").click()
+        assert "確認待ち" in driver.page_source
+        _shot(driver, "schools")
+
+        # The second person approves: the certificate is issued.
+        _browser_login(driver, world, "sato")
+        driver.get(world.url + "/console/requests")
+        driver.find_element(By.ID, f"approve-{rid}").click()
+        assert "証明書を発行しました" in driver.page_source
+        driver.get(world.url + "/console/certificates")
+        _shot(driver, "certificates")
+        serial = driver.find_element(By.CSS_SELECTOR, "td code").text
+        Select(driver.find_element(By.ID, f"why-{serial}")).select_by_value("keyCompromise")
+        driver.find_element(By.ID, f"revoke-{serial}").click()
+        assert "失効させました" in driver.page_source and "鍵の危殆化" in driver.page_source
+        status, cert = _call(world.url, "GET", f"/api/v1/certificates/{serial}", None)
+        assert cert["status"] == "revoked" and cert["revocation_reason"] == "keyCompromise"
+
+        driver.get(world.url + "/console/audit")
+        rows = driver.find_elements(By.CSS_SELECTOR, "tbody tr")
+        revoked = [r.text for r in rows if "certificate.revoked" in r.text]
+        assert revoked and "佐藤 一郎" in revoked[0] and "g-0002" in revoked[0]
+        approved = [r.text for r in rows if "seal-request.approved" in r.text]
+        assert approved and "佐藤 一郎" in approved[0]
+        assert any("山田 花子" in r.text and "approval-recorded" in r.text for r in rows)
+        _shot(driver, "audit")
+        driver.get(world.url + "/console/certificates?lang=en")
+        assert "Key compromise" in driver.page_source
+
+        # The operator: organizations, pending confirmations, health, API clients.
+        _browser_login(driver, world, "ops")
+        driver.get(world.url + "/console/organizations?lang=ja")
+        assert "新宿区立第二中学校" in driver.page_source
+        _shot(driver, "organizations")
+        driver.get(world.url + "/console/health")
+        assert driver.page_source.count('class="good"') >= 4, driver.page_source
+        _shot(driver, "health")
+        driver.get(world.url + "/console/clients")
+        driver.find_element(By.ID, "c-name").send_keys("新しい校務システム")
+        Select(driver.find_element(By.ID, "c-role")).select_by_value("board-officer")
+        Select(driver.find_element(By.ID, "c-org")).select_by_visible_text(
+            "新宿区教育委員会（board）")
+        driver.find_element(By.CSS_SELECTOR, "form.stack button").click()
+        token = driver.find_element(By.ID, "new-token").text
+        assert token.startswith("kkn_")
+        _shot(driver, "clients")
+        status, _ = _call(world.url, "GET", "/api/v1/certificates/" + serial, token)
+        assert status == 200
+
+        # Logout ends the server-side session: the old cookie opens nothing.
+        cookie = driver.get_cookie("kakuin_console")
+        assert cookie and cookie["httpOnly"] and cookie["sameSite"] == "Lax"
+        driver.find_element(By.CSS_SELECTOR, "form.logout button").click()
+        replay = Person(world)
+        replay.jar.set_cookie(http.cookiejar.Cookie(
+            0, "kakuin_console", cookie["value"], None, False, "127.0.0.1", False, False, "/",
+            True, False, None, False, None, None, {}))
+        status, _, html = replay.open(world.url + "/console/requests")
+        assert "GビズID でログイン" in html
+    finally:
+        driver.quit()
+
+
+def test_idle_timeout(world: World) -> None:
+    person = Person(world)
+    assert person.login("yamada")[0] == 200
+    for path in world.sessions.glob("*.json"):  # age every session past the idle limit
+        data = json.loads(path.read_text())
+        data["seen"] = time.time() - 31 * 60
+        path.write_text(json.dumps(data))
+    _, _, html = person.open(world.url + "/console/requests")
+    assert "GビズID でログイン" in html
