@@ -443,3 +443,22 @@ def test_idle_timeout(world: World) -> None:
         path.write_text(json.dumps(data))
     _, _, html = person.open(world.url + "/console/requests")
     assert "GビズID でログイン" in html
+
+
+def test_console_settings() -> None:
+    from kakuin.console.config import ConsoleSettingsError, console_settings
+
+    parsed = console_settings({"console": {
+        "secure_cookies": "0",
+        "providers": {"gbizid": {"issuer": "https://idp.example/", "client_id": "c"}},
+        "rules": {"board": {"3": "board-officer"}}, "grants": {"https://idp.example s": "none"}}})
+    assert not parsed.secure_cookies and parsed.providers[0].issuer == "https://idp.example"
+    assert parsed.providers[0].client_secret_env == "KAKUIN_OIDC_GBIZID_SECRET"
+    assert parsed.rules["board"] == {"3": "board-officer"}
+    assert parsed.rules["operator"]["2"] == "ca-operator"  # defaults kept for other kinds
+    for bad in ({"providers": {"x": {"client_secret": "s"}}},
+                {"providers": {"x": {"isuer": "typo"}}},
+                {"rules": {"board": {"2": "root"}}},
+                {"rules": {"school": {"2": "board-officer"}}}):
+        with pytest.raises(ConsoleSettingsError):
+            console_settings({"console": bad})

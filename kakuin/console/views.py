@@ -161,7 +161,8 @@ def _headers(response: Response) -> Response:
         if "lang" in request.args and request.args["lang"] in ("ja", "en"):
             response.set_cookie("kakuin_lang", request.args["lang"], max_age=365 * 86400,
                                 samesite="Lax", secure=_secure(), httponly=True)
-    if g.get("sid") and g.get("session") is not None and request.path.startswith("/console"):
+    if (g.get("sid") and g.get("session") is not None and request.path.startswith("/console")
+            and request.endpoint != "console.static"):
         _console().sessions.save(g.sid, g.session)  # sliding idle timeout
     return response
 
