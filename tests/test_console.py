@@ -321,8 +321,8 @@ def _browser_login(driver: Any, world: World, account: str) -> None:
 
 def _shot(driver: Any, name: str) -> None:
     IMAGES.mkdir(parents=True, exist_ok=True)
-    height = driver.execute_script("return document.body.scrollHeight")
-    driver.set_window_size(1280, max(600, min(int(height) + 40, 2000)))
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(1280, max(700, min(int(height) + 160, 2400)))
     path = IMAGES / f"console-{name}.png"
     driver.save_screenshot(str(path))
     assert path.stat().st_size > 5000
@@ -339,6 +339,8 @@ def test_console_in_chromium(world: World) -> None:
 
     driver = _driver()
     try:
+        driver.get(world.url + "/")
+        _shot(driver, "landing")
         driver.get(world.url + "/console/")
         _shot(driver, "login")
         _browser_login(driver, world, "yamada")
@@ -393,6 +395,7 @@ def test_console_in_chromium(world: World) -> None:
         rows = driver.find_elements(By.CSS_SELECTOR, "tbody tr")
         revoked = [r.text for r in rows if "certificate.revoked" in r.text]
         assert revoked and "佐藤 一郎" in revoked[0] and "g-0002" in revoked[0]
+        assert "証明書の失効" in revoked[0]
         approved = [r.text for r in rows if "seal-request.approved" in r.text]
         assert approved and "佐藤 一郎" in approved[0]
         assert any("山田 花子" in r.text and "approval-recorded" in r.text for r in rows)

@@ -54,6 +54,25 @@ REASONS = (
     ("unspecified", "その他", "Other"),
 )
 
+# Audit actions in plain words (unknown ones are shown as their code).
+ACTIONS = {
+    "console.login": ("ログイン", "logged in"),
+    "console.login-refused": ("ログイン拒否", "login refused"),
+    "seal-request.submitted": ("電子印の申請", "seal requested"),
+    "seal-request.approval-recorded": ("承認（1 人目）", "approval recorded"),
+    "seal-request.approved": ("承認", "approved"),
+    "seal-request.rejected": ("却下", "rejected"),
+    "seal-request.issued": ("発行", "issued"),
+    "certificate.signing": ("証明書の署名開始", "signing a certificate"),
+    "certificate.issued": ("証明書の発行", "certificate issued"),
+    "certificate.revoked": ("証明書の失効", "certificate revoked"),
+    "certificate.suspended": ("証明書の一時停止", "certificate suspended"),
+    "access.denied": ("権限がなく拒否", "access denied"),
+    "organization.created": ("組織の登録", "organization registered"),
+    "client.created": ("API クライアント作成", "API client created"),
+    "client.revoked": ("API クライアント無効化", "API client revoked"),
+}
+
 # Why a login was refused, for the person (the detail goes to the log).
 REFUSALS = {
     "wrong-issuer": ("発行者（iss）が設定と一致しません。", "The issuer (iss) does not match."),
@@ -426,7 +445,7 @@ def audit_page() -> Any:
     with _ca().store.session() as s:
         rows = [(e.seq, e.at, e.actor, e.action, e.object_type, e.object_id, e.digest)
                 for e in directory.audit_trail(s, me)]
-    return _render("console_audit.html", rows=rows)
+    return _render("console_audit.html", rows=rows, actions=ACTIONS)
 
 
 # -- operator --------------------------------------------------------------------------------
