@@ -303,11 +303,14 @@ def _driver() -> Any:
                 "--lang=ja"):
         options.add_argument(arg)
     options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    return webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+    driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+    driver.implicitly_wait(10)  # find_element waits for the page a click navigated to
+    return driver
 
 
 def _browser_login(driver: Any, world: World, account: str) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     driver.delete_all_cookies()
     driver.get(world.url + "/console/")
@@ -315,8 +318,21 @@ def _browser_login(driver: Any, world: World, account: str) -> None:
     driver.find_element(By.NAME, "login").send_keys(account)
     driver.find_element(By.NAME, "password").send_keys("any")
     driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()  # consent
-    assert driver.current_url.startswith(world.url + "/console/"), driver.current_url
+    driver.find_element(By.CSS_SELECTOR, "input[name=prompt][value=consent]")  # waits
+    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    WebDriverWait(driver, 20).until(lambda d: d.current_url.startswith(world.url + "/console/"))
+
+
+def _sees(driver: Any, *texts: str) -> bool:
+    """Wait (up to 20 s) until the page shows every text: a click's navigation may lag."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        WebDriverWait(driver, 20).until(lambda d: all(t in d.page_source for t in texts))
+    except TimeoutException:
+        return False
+    return True
 
 
 def _shot(driver: Any, name: str) -> None:
@@ -344,13 +360,13 @@ def test_console_in_chromium(world: World) -> None:
         driver.get(world.url + "/console/")
         _shot(driver, "login")
         _browser_login(driver, world, "yamada")
-        assert "山田 花子" in driver.page_source and "新宿区教育委員会" in driver.page_source
+        assert _sees(driver, "山田 花子", "新宿区教育委員会")
         _shot(driver, "home")
         driver.get(world.url + "/console/requests")
         assert "新宿区立第一中学校" in driver.page_source
         _shot(driver, "requests")
         driver.find_element(By.ID, f"approve-{rid}").click()
-        assert "別の担当者の承認が必要です" in driver.page_source  # 1 of 2
+        assert _sees(driver, "別の担当者の承認が必要です")  # 1 of 2
 
         # Refusals over HTTP, while the request waits for a second person.
         yamada = Person(world)
@@ -374,20 +390,20 @@ def test_console_in_chromium(world: World) -> None:
         driver.find_element(By.ID, "name_ja").send_keys("新宿区立第二中学校")
         driver.find_element(By.ID, "school_code").send_keys("C113210000029")
         driver.find_element(By.CSS_SELECTOR, "form.stack button").click()
-        assert "確認待ち" in driver.page_source
+        assert _sees(driver, "登録しました", "新宿区立第二中学校")
         _shot(driver, "schools")
 
         # The second person approves: the certificate is issued.
         _browser_login(driver, world, "sato")
         driver.get(world.url + "/console/requests")
         driver.find_element(By.ID, f"approve-{rid}").click()
-        assert "証明書を発行しました" in driver.page_source
+        assert _sees(driver, "証明書を発行しました")
         driver.get(world.url + "/console/certificates")
         _shot(driver, "certificates")
         serial = driver.find_element(By.CSS_SELECTOR, "td code").text
         Select(driver.find_element(By.ID, f"why-{serial}")).select_by_value("keyCompromise")
         driver.find_element(By.ID, f"revoke-{serial}").click()
-        assert "失効させました" in driver.page_source and "鍵の危殆化" in driver.page_source
+        assert _sees(driver, "失効させました", "鍵の危殆化")
         status, cert = _call(world.url, "GET", f"/api/v1/certificates/{serial}", None)
         assert cert["status"] == "revoked" and cert["revocation_reason"] == "keyCompromise"
 
@@ -417,16 +433,23 @@ def test_console_in_chromium(world: World) -> None:
         Select(driver.find_element(By.ID, "c-org")).select_by_visible_text(
             "新宿区教育委員会（board）")
         driver.find_element(By.CSS_SELECTOR, "form.stack button").click()
-        token = driver.find_element(By.ID, "new-token").text
+        token = driver.find_element(By.ID, "new-token").text  # (implicit wait)
         assert token.startswith("kkn_")
         _shot(driver, "clients")
-        status, _ = _call(world.url, "GET", "/api/v1/certificates/" + serial, token)
-        assert status == 200
+        with world.store.session() as s:
+            from ca import directory
+
+            board = directory.by_corporate_number(s, BOARD_CN)
+            assert board is not None
+            board_id = board.id
+        status, org = _call(world.url, "GET", f"/api/v1/organizations/{board_id}", token)
+        assert status == 200 and org["name_ja"] == "新宿区教育委員会"  # the new token works
 
         # Logout ends the server-side session: the old cookie opens nothing.
         cookie = driver.get_cookie("kakuin_console")
         assert cookie and cookie["httpOnly"] and cookie["sameSite"] == "Lax"
         driver.find_element(By.CSS_SELECTOR, "form.logout button").click()
+        assert _sees(driver, "GビズID でログイン")
         replay = Person(world)
         replay.jar.set_cookie(http.cookiejar.Cookie(
             0, "kakuin_console", cookie["value"], None, False, "127.0.0.1", False, False, "/",
@@ -465,3 +488,54 @@ def test_console_settings() -> None:
                 {"rules": {"school": {"2": "board-officer"}}}):
         with pytest.raises(ConsoleSettingsError):
             console_settings({"console": bad})
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_directory_queries(kind: str, tmp_path: Path) -> None:
+    """The console's listings (ca/directory.py) run on both databases, within jurisdiction."""
+    from ca import directory
+    from ca.clients import Principal
+    from tests.dbutil import database
+
+    with database(kind, tmp_path) as url:
+        upgrade(url)
+        store = Store(url)
+        try:
+            with store.session() as s:
+                op = registry.add_operator(s, name_ja="運用者", actor="t",
+                                           corporate_number=OPERATOR_CN)
+                a = registry.add_board(s, name_ja="新宿区教育委員会", local_gov_code="131041",
+                                       corporate_number=BOARD_CN, actor="t")
+                b = registry.add_board(s, name_ja="札幌市教育委員会", local_gov_code="011002",
+                                       actor="t")
+                registry.add_school(s, name_ja="新宿区立第一中学校", school_code="C113210000010",
+                                    board_id=a.id, actor="t")
+                registry.add_school(s, name_ja="新宿区立第二中学校", school_code="C113210000029",
+                                    board_id=a.id, actor="t", confirmed=False)
+                _, _ = clients.create_client(s, organization_id=b.id, role="board-officer",
+                                             name="b", actor="t")
+                ids = (op.id, a.id, b.id)
+            officer = Principal(None, ids[1], "board-officer", "x", subject="s")
+            operator = Principal(None, ids[0], "ca-operator", "y", subject="o")
+            with store.session() as s:
+                found = directory.by_corporate_number(s, BOARD_CN)
+                assert found is not None and found.id == ids[1]
+                assert directory.by_corporate_number(s, UNKNOWN_CN) is None
+                assert directory.by_corporate_number(s, "1' OR '1'='1") is None
+                assert directory.jurisdiction(s, operator) is None
+                assert len(directory.jurisdiction(s, officer) or []) == 3  # board + 2 schools
+                mine = directory.schools(s, officer)
+                assert [o.status for o in mine] == ["pending", "active"]
+                assert len(directory.schools(s, operator)) == 2
+                assert [o.name_ja for o, _ in directory.pending_schools(s)] == ["新宿区立第二中学校"]
+                assert directory.pending_requests(s, officer) == []
+                assert directory.certificates(s, officer) == []
+                trail = directory.audit_trail(s, officer)
+                seen = directory.jurisdiction(s, officer) or []
+                assert trail and all(e.organization_id in seen for e in trail)
+                assert len(directory.audit_trail(s, operator)) > len(trail)
+                assert [c.name for c, _ in directory.api_clients(s)] == ["b"]
+                assert [f.what for f in directory.status_freshness(s)] == [
+                    "OCSP", "TSA", "trust list"]
+        finally:
+            store.dispose(close=True)

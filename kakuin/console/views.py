@@ -149,8 +149,16 @@ def _session() -> Any:
     g.principal = None
     if g.session and g.session.get("user"):
         u = g.session["user"]
-        g.principal = PersonPrincipal(client_id=None, organization_id=u["org"], role=u["role"],
-                                      name=u["name"], method="oidc", subject=u["subject"])
+        with _ca().store.session() as s:
+            org = registry.get(s, u["org"])
+            active = org.status == "active"
+        if active:
+            g.principal = PersonPrincipal(client_id=None, organization_id=u["org"],
+                                          role=u["role"], name=u["name"], method="oidc",
+                                          subject=u["subject"])
+        else:  # the organization closed or merged since login: the session ends
+            con.sessions.delete(g.sid)
+            g.sid, g.session = None, None
     if request.method == "POST":
         same_origin = request.host_url.rstrip("/")
         origin = request.headers.get("Origin")
