@@ -53,6 +53,8 @@ ACCOUNTS = {
              "corporate_number": BOARD_CN},
     "suzuki": {"sub": "g-0003", "name": "鈴木 次郎", "account_type": "3",
                "corporate_number": BOARD_CN},
+    "tanaka": {"sub": "g-0004", "name": "田中 四郎", "account_type": "3",
+               "corporate_number": BOARD_CN},  # a Member granted board-officer by settings
     "ops": {"sub": "g-0009", "name": "運用 太郎", "account_type": "2",
             "corporate_number": OPERATOR_CN},
     "stranger": {"sub": "g-0666", "name": "無所属 三郎", "account_type": "2",
@@ -77,6 +79,8 @@ class World:
     school: str  # the school system's API token
     provider: Provider
     sessions: Path
+    settings: Any
+    services: Services
 
 
 def _node_provider(redirect_uri: str) -> tuple[subprocess.Popen[str], str]:
@@ -117,7 +121,7 @@ def world(settings: Any, services: Services, tmp_path_factory: pytest.TempPathFa
     conf = ProviderSettings(name="gbizid", title="GビズID", issuer=issuer, client_id="kakuin",
                             client_secret_env="KAKUIN_TEST_OIDC_SECRET", leeway_seconds=5)
     console = ConsoleSettings(secure_cookies=False, session_dir=str(tmp / "sessions"),
-                              providers=(conf,))
+                              providers=(conf,), grants={f"{issuer} g-0004": "board-officer"})
     app_settings = dataclasses.replace(settings, console=console)
     svc = Services(app_settings, store, services.keys, profiles)
     svc.ca.maintain()
@@ -136,7 +140,8 @@ def world(settings: Any, services: Services, tmp_path_factory: pytest.TempPathFa
             _, school_token = clients.create_client(
                 s, organization_id=school.id, role="school-system", name="校務支援システム",
                 actor="test")
-        yield World(base, issuer, store, school_token, Provider(conf), tmp / "sessions")
+        yield World(base, issuer, store, school_token, Provider(conf), tmp / "sessions",
+                    app_settings, svc)
     finally:
         server.shutdown()
         proc.terminate()
@@ -458,6 +463,34 @@ def test_console_in_chromium(world: World) -> None:
         assert "GビズID でログイン" in html
     finally:
         driver.quit()
+
+
+def test_grant_and_secure_cookies(world: World) -> None:
+    status, html = Person(world).login("tanaka")  # a Member, granted by [console.grants]
+    assert status == 200 and "田中 四郎（教育委員会 担当者）" in html
+    secure = dataclasses.replace(world.settings, console=dataclasses.replace(
+        world.settings.console, secure_cookies=True))
+    server = make_server("127.0.0.1", 0, create_app(secure, world.services), threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        class NoRedirect(urllib.request.HTTPRedirectHandler):
+            def redirect_request(self, *args: Any) -> None:  # type: ignore[override]
+                return None
+
+        opener = urllib.request.build_opener(NoRedirect())
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            opener.open(f"http://127.0.0.1:{server.server_port}/console/login/gbizid")
+        assert caught.value.code == 302
+        assert caught.value.headers["Location"].startswith(world.issuer + "/auth?")
+        for part in ("code_challenge_method=S256", "nonce=", "state=", "code_challenge="):
+            assert part in caught.value.headers["Location"], part
+        cookie = caught.value.headers["Set-Cookie"]
+        assert cookie.startswith("__Host-kakuin=")
+        for attribute in ("Secure", "HttpOnly", "SameSite=Lax", "Path=/"):
+            assert attribute in cookie, attribute
+        assert "Domain" not in cookie
+    finally:
+        server.shutdown()
 
 
 def test_idle_timeout(world: World) -> None:
