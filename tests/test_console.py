@@ -160,10 +160,12 @@ class Person:
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar),
                                                   *handlers)
 
-    def open(self, url: str, form: dict[str, str] | None = None) -> tuple[int, str, str]:
+    def open(self, url: str, form: dict[str, str] | None = None,
+             headers: dict[str, str] | None = None) -> tuple[int, str, str]:
         data = urllib.parse.urlencode(form).encode() if form is not None else None
+        req = urllib.request.Request(url, data=data, headers=headers or {})
         try:
-            with self.opener.open(url, data=data, timeout=60) as resp:
+            with self.opener.open(req, timeout=60) as resp:
                 return resp.status, resp.url, resp.read().decode()
         except urllib.error.HTTPError as err:
             return err.code, err.url, err.read().decode()
@@ -466,8 +468,15 @@ def test_console_in_chromium(world: World) -> None:
 
 
 def test_grant_and_secure_cookies(world: World) -> None:
-    status, html = Person(world).login("tanaka")  # a Member, granted by [console.grants]
+    tanaka = Person(world)
+    status, html = tanaka.login("tanaka")  # a Member, granted by [console.grants]
     assert status == 200 and "田中 四郎（教育委員会 担当者）" in html
+    form = {"csrf": tanaka.csrf(), "name_ja": "新宿区立第三中学校", "school_code": "C113210000038"}
+    status, _, html = tanaka.open(world.url + "/console/schools", form,
+                                  {"Origin": "http://evil.example"})
+    assert status == 403 and "別のサイト" in html  # a cross-site form post, even with the token
+    status, _, html = tanaka.open(world.url + "/console/schools", form, {"Origin": world.url})
+    assert status == 200 and "新宿区立第三中学校" in html
     secure = dataclasses.replace(world.settings, console=dataclasses.replace(
         world.settings.console, secure_cookies=True))
     server = make_server("127.0.0.1", 0, create_app(secure, world.services), threaded=True)

@@ -57,6 +57,9 @@ class ConsoleSettings:
     absolute_hours: float = 12
     # Server-side sessions: one 0600 file per session under <home>/<session_dir>.
     session_dir: str = "sessions"
+    # The console's public origin (e.g. "https://kakuin.example") behind a TLS proxy: the
+    # OIDC redirect URI and the Origin check use it. Empty: the request's own host.
+    public_url: str = ""
     providers: tuple[ProviderSettings, ...] = ()
     rules: dict[str, dict[str, str]] = field(default_factory=lambda: DEFAULT_RULES)
     # Per-person grants beyond the rules: "<issuer> <sub>" -> role.
@@ -112,4 +115,5 @@ def console_settings(data: dict[str, Any]) -> ConsoleSettings:
         idle_minutes=float(d.get("idle_minutes", base.idle_minutes)),
         absolute_hours=float(d.get("absolute_hours", base.absolute_hours)),
         session_dir=str(d.get("session_dir", base.session_dir)),
+        public_url=str(d.get("public_url", base.public_url)).rstrip("/"),
         providers=tuple(providers), rules=rules, grants=grants)

@@ -160,9 +160,9 @@ def _session() -> Any:
             con.sessions.delete(g.sid)
             g.sid, g.session = None, None
     if request.method == "POST":
-        same_origin = request.host_url.rstrip("/")
+        ours = {request.host_url.rstrip("/"), con.settings.public_url}
         origin = request.headers.get("Origin")
-        if origin and origin != "null" and origin.rstrip("/") != same_origin:
+        if origin and origin != "null" and origin.rstrip("/") not in ours:
             return _error(403, _t("別のサイトからの送信は受け付けません。",
                                   "Requests from another site are refused."))
         token = request.form.get("csrf", "")
@@ -268,6 +268,9 @@ def home() -> Any:
 
 
 def _redirect_uri() -> str:
+    public = _console().settings.public_url
+    if public:
+        return public + url_for("console.callback")
     return url_for("console.callback", _external=True)
 
 
