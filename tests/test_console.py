@@ -353,6 +353,7 @@ def _shot(driver: Any, name: str) -> None:
 
 def test_console_in_chromium(world: World) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import Select
 
     status, req = _call(world.url, "POST", "/api/v1/seal-requests", world.school,
@@ -372,7 +373,7 @@ def test_console_in_chromium(world: World) -> None:
         driver.get(world.url + "/console/requests")
         assert "新宿区立第一中学校" in driver.page_source
         _shot(driver, "requests")
-        driver.find_element(By.ID, f"approve-{rid}").click()
+        driver.find_element(By.ID, f"approve-{rid}").send_keys(Keys.ENTER)  # by keyboard
         assert _sees(driver, "別の担当者の承認が必要です")  # 1 of 2
 
         # Refusals over HTTP, while the request waits for a second person.
@@ -457,6 +458,9 @@ def test_console_in_chromium(world: World) -> None:
         assert cookie and cookie["httpOnly"] and cookie["sameSite"] == "Lax"
         driver.find_element(By.CSS_SELECTOR, "form.logout button").click()
         assert _sees(driver, "GビズID でログイン")
+        with world.store.session() as s:
+            assert any(e.action == "console.logout" and "運用 太郎" in e.actor
+                       for e in audit.entries(s, 0, 1000))
         replay = Person(world)
         replay.jar.set_cookie(http.cookiejar.Cookie(
             0, "kakuin_console", cookie["value"], None, False, "127.0.0.1", False, False, "/",

@@ -58,6 +58,7 @@ REASONS = (
 ACTIONS = {
     "console.login": ("ログイン", "logged in"),
     "console.login-refused": ("ログイン拒否", "login refused"),
+    "console.logout": ("ログアウト", "logged out"),
     "seal-request.submitted": ("電子印の申請", "seal requested"),
     "seal-request.approval-recorded": ("承認（1 人目）", "approval recorded"),
     "seal-request.approved": ("承認", "approved"),
@@ -344,6 +345,10 @@ def _audit_login(sub: str, name: str, org_id: int | None, action: str, details: 
 
 @bp.post("/console/logout")
 def logout() -> Any:
+    me = g.get("principal")
+    if me is not None:
+        sub = (me.subject or "").rsplit("#", 1)[-1]
+        _audit_login(sub, me.name, me.organization_id, "console.logout", {}, actor=me.actor)
     if g.sid:
         _console().sessions.delete(g.sid)
     g.sid, g.session = None, None
