@@ -281,6 +281,8 @@ def test_id_token_checks(world: World) -> None:
     wrong = Provider(dataclasses.replace(world.provider.conf,
                                          issuer=world.issuer.replace("127.0.0.1", "localhost")))
     assert refused(id_token, nonce, provider=wrong) == "wrong-issuer"
+    down = Provider(dataclasses.replace(world.provider.conf, issuer="http://127.0.0.1:9"))
+    assert refused(id_token, nonce, provider=down) == "provider-unreachable"
 
 
 # -- login refusals over HTTP -------------------------------------------------------------------

@@ -29,6 +29,7 @@ from kakuin.console.config import ConsoleSettings, ProviderSettings
 # Asymmetric algorithms only: never "none", never HS* keyed with the client secret.
 ALGORITHMS = ("RS256", "PS256", "ES256", "ES384", "EdDSA")
 _CACHE_SECONDS = 3600
+_REFRESH_SECONDS = 60
 _TIMEOUT = 10
 
 
@@ -95,9 +96,13 @@ class Provider:
         return meta
 
     def keys(self, refresh: bool = False) -> KeySet:
+        """The provider's JWKS; ``refresh`` (a token the cached keys do not verify: maybe a
+        rotation) refetches, at most once a minute so bad tokens cannot hammer the provider."""
         with self._lock:
             cached = self._jwks
-        if refresh or not cached or time.monotonic() - cached[0] >= _CACHE_SECONDS:
+        age = time.monotonic() - cached[0] if cached else None
+        if cached is None or age is None or age >= _CACHE_SECONDS or (
+                refresh and age >= _REFRESH_SECONDS):
             cached = (time.monotonic(), self._get_json(self.metadata()["jwks_uri"]))
             with self._lock:
                 self._jwks = cached

@@ -88,6 +88,12 @@ REFUSALS = {
     "no-role": ("このアカウントには権限がありません。", "This account has no access."),
     "bad-state": ("ログインの状態が確認できません。もう一度ログインしてください。",
                   "The login state is unknown. Please log in again."),
+    "provider-unreachable": ("ID プロバイダーに接続できません。しばらくしてから試してください。",
+                             "The identity provider cannot be reached. Try again later."),
+    "token-exchange-failed": ("ID プロバイダーからトークンを受け取れませんでした。",
+                              "No token could be obtained from the identity provider."),
+    "userinfo-failed": ("利用者情報を受け取れませんでした。",
+                        "The user information could not be obtained."),
     "provider-error": ("ID プロバイダーがログインを拒否しました。",
                        "The identity provider refused the login."),
 }
