@@ -159,7 +159,7 @@ class Provider:
         try:
             try:
                 token = jwt.decode(id_token, self.keys(), algorithms=algorithms)
-            except JoseError:  # maybe rotated keys: fetch the JWKS once more
+            except (JoseError, ValueError):  # maybe rotated keys: fetch the JWKS again
                 token = jwt.decode(id_token, self.keys(refresh=True), algorithms=algorithms)
         except (JoseError, ValueError) as exc:
             raise LoginRefused("bad-id-token", f"signature: {exc}") from exc
