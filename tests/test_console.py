@@ -506,6 +506,17 @@ def test_grant_and_secure_cookies(world: World) -> None:
         assert "Domain" not in cookie
     finally:
         server.shutdown()
+    off = dataclasses.replace(world.settings, console=dataclasses.replace(
+        world.settings.console, enabled=False))
+    server = make_server("127.0.0.1", 0, create_app(off, world.services), threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:  # console off: the landing page stays, the console's pages are gone
+        base = f"http://127.0.0.1:{server.server_port}"
+        assert Person(world).open(base + "/")[0] == 200
+        assert Person(world).open(base + "/console/")[0] == 404
+        assert Person(world).open(base + "/console/login/gbizid")[0] == 404
+    finally:
+        server.shutdown()
 
 
 def test_idle_timeout(world: World) -> None:

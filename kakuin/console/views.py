@@ -111,8 +111,7 @@ class Console:
 
 
 def init_app(app: Flask, settings: ConsoleSettings, home: Path) -> None:
-    if not settings.enabled:
-        return
+    """The landing page always; the console's pages only when ``[console] enabled``."""
     app.extensions["console"] = Console(settings, home)
     app.register_blueprint(bp)
 
@@ -151,6 +150,9 @@ def _load() -> None:
 @bp.before_request
 def _session() -> Any:
     con = _console()
+    if not con.settings.enabled and request.endpoint not in ("console.landing",
+                                                             "console.static"):
+        abort(404)
     g.sid = request.cookies.get(con.cookie)
     g.session = con.sessions.load(g.sid)
     g.principal = None
