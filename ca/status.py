@@ -22,7 +22,7 @@ from ca import audit as _audit
 from ca import crl as _crl
 from ca import ocsp as _ocsp
 from ca.clients import Principal, Unauthenticated, authenticate
-from ca.errors import CAError, Conflict, Forbidden, InvalidRequest, NotFound
+from ca.errors import CAError, Conflict, DuplicateEntry, Forbidden, InvalidRequest, NotFound
 from ca.models import Certificate, Organization, TsaSerial, UsedToken, serial_hex
 from ca.store import Store
 from hsm.api import KeyManager
@@ -274,7 +274,7 @@ def consume_token(store: Store, token_id: str, *, purpose: str, expires_at: date
     try:
         with store.session() as s:
             s.add(UsedToken(token_id=token_id, purpose=purpose[:32], expires_at=expires_at))
-    except IntegrityError:
+    except (IntegrityError, DuplicateEntry):
         return False
     return True
 
