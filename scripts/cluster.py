@@ -143,16 +143,15 @@ def start(args: argparse.Namespace) -> None:
     if not (home / "pki" / "chain.pem").exists():
         subprocess.run([*kakuin, "init"], env=env, check=True)
     subprocess.run([*kakuin, "db", "upgrade"], env=env, check=True)
-    pids: dict[str, int] = {}
-    for i, port in enumerate(ports, 1):
-        log = (state / f"node{i}.log").open("ab")
-        proc = subprocess.Popen(
-            [*kakuin, "serve", "--host", "127.0.0.1", "--port", str(port),
-             "--workers", str(args.workers)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)  # own process group: stop/kill reach its workers
-        (state / f"node{i}.pid").write_text(f"{proc.pid}\n")
-        pids[f"node{i}"] = proc.pid
+    # What `start-node` needs to bring one node back (0600: the URL may hold a password).
+    overrides = {k: env[k] for k in ("KAKUIN_DATABASE_URL", "KAKUIN_BASE_URL",
+                                     "KAKUIN_MAINTENANCE_INTERVAL") if k in env}
+    saved = state / "cluster.json"
+    fd = os.open(saved, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"ports": ports, "workers": args.workers, "env": overrides}, fh)
+    pids = {f"node{i}": _start_node(home, i, port, args.workers, env)
+            for i, port in enumerate(ports, 1)}
     for port in ports:
         _wait_healthy(f"http://127.0.0.1:{port}/healthz", 90)
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -167,6 +166,32 @@ def start(args: argparse.Namespace) -> None:
     (state / "front.pid").write_text((state / "nginx.pid").read_text())
     pids["front"] = int((state / "nginx.pid").read_text())
     print(json.dumps({"front": f"http://127.0.0.1:{args.front_port}", "pids": pids}))
+
+
+def _start_node(home: Path, index: int, port: int, workers: int, env: dict[str, str]) -> int:
+    state = home / "cluster"
+    with (state / f"node{index}.log").open("ab") as log:
+        proc = subprocess.Popen(
+            [_kakuin(), "--home", str(home), "serve", "--host", "127.0.0.1", "--port",
+             str(port), "--workers", str(workers)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)  # own process group: stop/kill reach its workers
+    (state / f"node{index}.pid").write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def start_node(args: argparse.Namespace) -> None:
+    """Bring node ``--index`` back (after a crash) with the settings `start` used."""
+    home = Path(args.home).resolve()
+    state = home / "cluster"
+    saved = json.loads((state / "cluster.json").read_text())
+    pid_file = state / f"node{args.index}.pid"
+    if pid_file.exists() and _alive(int(pid_file.read_text())):
+        raise SystemExit(f"node{args.index} is running (pid {pid_file.read_text().strip()})")
+    port = saved["ports"][args.index - 1]
+    pid = _start_node(home, args.index, port, saved["workers"], {**os.environ, **saved["env"]})
+    _wait_healthy(f"http://127.0.0.1:{port}/healthz", 90)
+    print(json.dumps({f"node{args.index}": pid}))
 
 
 def _alive(pid: int) -> bool:
@@ -219,6 +244,9 @@ def main() -> None:
     p_start.add_argument("--base-url", default=None)
     p_start.add_argument("--maintenance-interval", type=float, default=None)
     p_start.add_argument("--cache-seconds", type=int, default=DEFAULT_CACHE_SECONDS)
+    p_node = sub.add_parser("start-node", help="restart one node of a running cluster")
+    p_node.add_argument("--home", default="var/cluster")
+    p_node.add_argument("--index", type=int, required=True, help="1 for the first node")
     p_stop = sub.add_parser("stop")
     p_stop.add_argument("--home", default="var/cluster")
     p_render = sub.add_parser("render", help="print the production nginx.conf")
@@ -234,6 +262,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "start":
         start(args)
+    elif args.command == "start-node":
+        start_node(args)
     elif args.command == "stop":
         stop(args)
     else:

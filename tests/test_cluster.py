@@ -4,8 +4,9 @@ database and one SoftHSM token, started and stopped by scripts/cluster.py (as `m
 Through the front: issuance, sealing, TSA and revocation at once, spread over the nodes, with
 one node SIGKILLed (its process group, by the pid the script recorded) mid-load. Afterwards:
 every accepted request is final, no duplicate serial or CRL number, the audit chain verifies,
-a revoked certificate is revoked in OCSP on every live node at once and through the front
-within the documented bound, and the cluster's scheduler ran at most once per period.
+the killed node comes back (scripts/cluster.py start-node), a revoked certificate is revoked in
+OCSP on every node at once and through the front within the documented bound, and the
+cluster's scheduler ran at most once per period.
 Lean on purpose (the test machine has 2 cores): few requests, 1 worker per node.
 """
 
@@ -255,9 +256,11 @@ def test_cluster_under_load_with_a_node_killed(cluster: Cluster) -> None:
     statuses = Counter((kind, (r[0] if isinstance(r, tuple) else r)) for kind, r in results)
     failed = {k: n for k, n in statuses.items() if not 200 <= k[1] < 300}
     print(f"\nload: {len(order)} requests in {elapsed:.1f} s, outcomes {dict(statuses)}")
-    # Only requests in flight on the killed node may fail, and only as gateway errors.
+    # Only API requests in flight on the killed node may fail, and only as gateway errors;
+    # the front retries timestamp (and OCSP) POSTs on another node.
     assert sum(failed.values()) <= 4, failed
-    assert all(code in (0, 502, 503, 504) for _, code in failed), failed
+    assert all(code in (0, 502, 503, 504) and kind in ("issue", "revoke", "seal")
+               for kind, code in failed), failed
 
     upstreams = (c.home / "cluster" / "nginx-access.log").read_text()
     for node in c.nodes:
@@ -299,7 +302,13 @@ def test_cluster_under_load_with_a_node_killed(cluster: Cluster) -> None:
                            capture_output=True, text=True, timeout=120)
     assert audit.returncode == 0, audit.stdout + audit.stderr
 
-    # Revocation seen in OCSP: on every live node at once, through the front within BOUND.
+    # The killed node comes back (same settings, by the script) and serves again.
+    back = subprocess.run([sys.executable, str(SCRIPT), "start-node", "--home", str(c.home),
+                           "--index", "2"], capture_output=True, text=True, timeout=180)
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert _http("GET", f"{killed_node}/healthz")[0] == 200
+
+    # Revocation seen in OCSP: on every node at once, through the front within BOUND.
     code, body = _issue(c, c.schools[1][1])  # school 1's victim was revoked: a new seal
     assert code == 200 and body is not None, body
     cert = x509.load_pem_x509_certificate(body["certificate"]["pem"].encode())
@@ -308,7 +317,7 @@ def test_cluster_under_load_with_a_node_killed(cluster: Cluster) -> None:
     code, _, raw = _http("POST", f"{c.front}/api/v1/certificates/{body['certificate']['serial']}"
                          "/revoke", c.operator, {"reason": "keyCompromise"})
     assert code == 200, raw
-    for node in (c.nodes[0], c.nodes[2]):
+    for node in c.nodes:
         assert _ocsp_status(node, cert, issuer) == ocsp.OCSPCertStatus.REVOKED
     took = _wait(lambda: _ocsp_status(c.front, cert, issuer)
                  == ocsp.OCSPCertStatus.REVOKED, BOUND)
