@@ -6,9 +6,9 @@ VENV   ?= .venv
 HOME_DIR ?= var
 BIN    := $(VENV)/bin
 APT_PACKAGES := softhsm2 opensc openssl poppler-utils qpdf fonts-ipaexfont-gothic
-# Only for the test suite (headless browser check of /verify, tests/test_cluster.py) and
-# bench/ocsp.py.
-APT_TEST_PACKAGES := chromium wrk nginx
+# Only for the test suite (headless browser check of /verify; certutil for the pdfsig
+# trust check; nginx for tests/test_cluster.py) and bench/ocsp.py.
+APT_TEST_PACKAGES := chromium wrk libnss3-tools nginx
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test setup apt venv init lint bench demo clean cluster cluster-stop

@@ -23,6 +23,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -338,7 +339,7 @@ class LintRefused(CAError):
         super().__init__(detail)
         self.findings = findings
 
-    def problem_fields(self) -> dict[str, object]:
+    def members(self) -> dict[str, Any]:
         return {"findings": self.findings}
 
 

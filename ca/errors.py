@@ -7,6 +7,8 @@ Programming mistakes stay ``ValueError``/``TypeError`` and surface as 500s.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class CAError(Exception):
     """Base of the CA's expected failures."""
@@ -22,8 +24,8 @@ class CAError(Exception):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.detail!r})"
 
-    def problem_fields(self) -> dict[str, object]:
-        """Extra members of the problem+json body (RFC 9457 extensions), e.g. lint findings."""
+    def members(self) -> dict[str, Any]:
+        """Extension members of the problem document (RFC 9457 §3.2); none by default."""
         return {}
 
 

@@ -180,7 +180,15 @@ def eseal_subject(
                 _type=_ASN1Type.PrintableString,
             )
         )
-    attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name or name_en or name_ja))
+    common = common_name or name_en or name_ja
+    if len(common.encode("utf-8")) > 64:
+        # cryptography counts ub-common-name in UTF-8 bytes; the registry refuses such names
+        # (ca/names.py), this catches one registered before that rule: 422, never a 500.
+        raise EsealError(
+            f"the certificate's CN would be {len(common.encode())} bytes of UTF-8 (at most 64);"
+            " give the organization a shorter name_en"
+        )
+    attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common))
     return x509.Name(attrs)
 
 

@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ca import audit
+from ca import audit, names
 from ca.errors import Conflict, InvalidRequest, NotFound
 from ca.models import ListedSchool, Organization, OrganizationEvent
 
@@ -56,7 +56,7 @@ PARENT_KINDS: dict[Founder, tuple[str, ...]] = {
     "public": ("board", "school_corporation"),
     "private": ("school_corporation",),
 }
-MAX_NAME = 256  # the column width
+MAX_NAME = 256  # the column width; names are held to names.MAX_CHARS
 MAX_REASON = 500  # goes into the audit entry too, which is capped at 4 KiB
 
 _LOCAL_GOV_WEIGHTS = (6, 5, 4, 3, 2)
@@ -191,12 +191,7 @@ def parse_school_code(value: object, field: str = "school_code") -> SchoolCode:
 
 
 def _name(value: object, field: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidRequest(f"{field} must be a non-empty string")
-    text = value.strip()
-    if len(text) > MAX_NAME:
-        raise InvalidRequest(f"{field} must be at most {MAX_NAME} characters, got {len(text)}")
-    return text
+    return names.clean(value, field)  # NFC, no hidden characters, 64 characters (ca/names.py)
 
 
 def _optional_name(value: object, field: str) -> str | None:
@@ -359,6 +354,7 @@ def _audit(
 def _create(
     session: Session, org: Organization, actor: str, request_id: str | None
 ) -> Organization:
+    names.check_organization(session, org)  # CN fits, names free (ca/names.py)
     try:
         session.flush()
     except IntegrityError as exc:
@@ -570,6 +566,7 @@ def move_school(
     _check_parent(board, parse_school_code(school.school_code))
     old = school.parent_id
     school.parent_id = board.id
+    names.ensure_unique(session, school)  # its name must be free among the new board's schools
     detail = {"from": old, "to": board.id, "reason": reason}
     _event(session, school.id, "moved", detail)
     _audit(session, school.id, "organization.moved", actor, request_id, detail)

@@ -21,7 +21,7 @@ from ca.errors import CAError
 from ca.scheduler import ClusterScheduler
 from hsm.api import HashAlg, KeyRef, SignScheme
 from hsm.errors import HsmError
-from kakuin import logs
+from kakuin import homedir, logs, metrics, ratelimit
 from kakuin.services import HEALTHCHECK_KEY_LABEL, Services
 from kakuin.settings import Settings, load_settings
 from signing import api as signing_api
@@ -63,6 +63,7 @@ def services() -> Services:
 def create_app(settings: Settings | None = None, svc: Services | None = None) -> Flask:
     settings = settings or load_settings()
     logs.configure(settings.log_level)
+    homedir.secure_home(settings)
     app = Flask("kakuin")
     app.config["MAX_CONTENT_LENGTH"] = 32 * 1024 * 1024
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
@@ -74,6 +75,12 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
     app.register_blueprint(protocol_api.bp)
     app.wsgi_app = protocol_api.OcspFastPath(app.wsgi_app, app.extensions)  # type: ignore[method-assign]
     app.wsgi_app = signing_api.TsaFastPath(app.wsgi_app, app.extensions)  # type: ignore[method-assign]
+    # In front of the fast paths: rate limits, then (outermost) request metrics.
+    app.wsgi_app = ratelimit.RateLimitMiddleware(  # type: ignore[method-assign]
+        app.wsgi_app, ratelimit.RateLimits(settings.limits, namespace=settings.base_url))
+    app.wsgi_app = metrics.MetricsMiddleware(app.wsgi_app)  # type: ignore[method-assign]
+    metrics.init_app(app, settings.metrics.enabled, settings.metrics.allow_from,
+                     settings.metrics.token_env)
     app.extensions["signing"] = svc.signing
     app.register_blueprint(signing_api.bp)
     csc_api.init_app(app, CscService(svc.store, svc.keys,
@@ -161,7 +168,7 @@ def _register_request_hooks(app: Flask) -> None:
 def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(CAError)
     def ca_error(exc: CAError) -> Any:
-        return problem(exc.status, exc.type, exc.title, exc.detail, **exc.problem_fields())
+        return problem(exc.status, exc.type, exc.title, exc.detail, **exc.members())
 
     @app.errorhandler(SigningError)
     def signing_error(exc: SigningError) -> Any:
@@ -209,8 +216,8 @@ def start_maintenance(svc: Services) -> threading.Thread | None:
                 log.exception("maintenance lease unavailable")
                 claim = None
             if claim is not None:
+                started, ok = time.perf_counter(), False
                 done: dict[str, Any] = {}
-                ok = False
                 try:
                     done = svc.ca.maintain()
                     done["trust_lists"] = trustlist.refresh_imported(svc.settings.home)
@@ -220,6 +227,7 @@ def start_maintenance(svc: Services) -> threading.Thread | None:
                         log.info("maintenance", extra=done)
                 except Exception:
                     log.exception("maintenance failed")
+                metrics.record_scheduler_run(ok, time.perf_counter() - started)
                 try:
                     lease.finish(claim, ok=ok, summary=done)
                 except Exception:

@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 import sys
+import warnings
 from functools import cached_property
 from typing import Any
 
@@ -22,6 +23,7 @@ from ca.service import CAService
 from ca.store import Store, upgrade
 from hsm.api import HashAlg, KeyAlgorithm, SignScheme
 from hsm.errors import HsmError, HsmKeyNotFound
+from kakuin.homedir import PRIVATE_UMASK, metrics_dir, secure_home
 from kakuin.services import (
     HEALTHCHECK_KEY_LABEL,
     Services,
@@ -43,7 +45,9 @@ class Context:
 
     @cached_property
     def settings(self) -> Settings:
-        return load_settings(self.home)
+        settings = load_settings(self.home)
+        secure_home(settings)
+        return settings
 
     @property
     def database_url(self) -> str:
@@ -88,6 +92,7 @@ class KakuinGroup(click.Group):
 @click.pass_context
 def main(ctx: click.Context, home: str) -> None:
     """kakuin: e-seal certificate authority and sealing service."""
+    os.umask(PRIVATE_UMASK)  # database, WAL, token, secrets: readable by this user only
     ctx.obj = Context(home)
 
 
@@ -139,24 +144,37 @@ def init(obj: Context) -> None:
 @click.option("--host", default=None, help="Listen address (default from settings).")
 @click.option("--port", default=None, type=int, help="Listen port (default from settings).")
 @click.option("--workers", default=None, type=int, help="gunicorn worker processes.")
+@click.option("--worker-class", default=None, type=click.Choice(["gevent", "sync", "gthread"]),
+              help="gunicorn worker class (default from settings: gevent).")
 @click.pass_obj
-def serve(obj: Context, host: str | None, port: int | None, workers: int | None) -> None:
-    """Serve the HTTP API under gunicorn; each worker opens PKCS#11 after fork."""
+def serve(obj: Context, host: str | None, port: int | None, workers: int | None,
+          worker_class: str | None) -> None:
+    """Serve the HTTP API under gunicorn. Each worker builds the app after fork (and after
+    gevent's monkey-patching): its own PKCS#11 session, DB pool and scheduler."""
     from gunicorn.app.base import BaseApplication
 
-    from kakuin.app import create_app
-
     settings = obj.settings
-    svc = Services.build(settings)
-    app = create_app(settings, svc)
+    # Before prometheus_client is imported anywhere (it picks its value class on import).
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir(settings.home))
+    from kakuin import metrics, ratelimit
+
+    ratelimit.RateLimits(settings.limits, settings.base_url)  # bad [limits]: one line, here
+    # gevent warns that ssl was imported before its patch (by aiohttp, through pyHanko). aiohttp
+    # runs TLS inside asyncio over memory BIOs, never on a blocking socket, which is what the
+    # warning is about; urllib/http.client look the ssl module up when called (patched).
+    warnings.filterwarnings("ignore", message="Monkey-patching ssl after ssl")
     options = {
         "bind": f"{host or settings.host}:{port or settings.port}",
         "workers": workers or settings.workers,
+        "worker_class": worker_class or settings.worker_class,
         "accesslog": None,
         "errorlog": "-",
         "loglevel": settings.log_level.lower(),
         "timeout": 60,
-        "post_fork": lambda _server, _worker: _worker_started(svc),
+        # gevent: also the deadline for a request line + headers; a trickling client is cut.
+        "keepalive": 2,
+        "post_worker_init": _worker_started,
+        "child_exit": metrics.child_exit,
     }
 
     class Server(BaseApplication):
@@ -165,17 +183,24 @@ def serve(obj: Context, host: str | None, port: int | None, workers: int | None)
                 self.cfg.set(key, value)
 
         def load(self) -> Any:
-            return app
+            """In the worker: services opened here are never shared across a fork."""
+            from kakuin.app import create_app
+
+            return create_app(settings, Services.build(settings))
 
     Server().run()
 
 
-def _worker_started(svc: Services) -> None:
-    """gunicorn post_fork: fresh DB connections and this worker's scheduler thread."""
+def _worker_started(worker: Any) -> None:
+    """gunicorn post_worker_init (after gevent patched the worker): asyncio made safe for
+    greenlets, and the scheduler as a thread of this worker (a greenlet under gevent)."""
     from kakuin.app import start_maintenance
+    from kakuin.greenlets import in_gevent_worker, serialise_asyncio_run
 
-    svc.after_fork()
-    start_maintenance(svc)
+    if in_gevent_worker():
+        serialise_asyncio_run()
+
+    start_maintenance(worker.wsgi.extensions["kakuin"])
 
 
 @main.group("hsm")

@@ -35,7 +35,9 @@ def module_path(settings: Settings) -> str:
 
 
 def make_key_manager(settings: Settings) -> Pkcs11KeyManager:
-    return Pkcs11KeyManager(
+    from kakuin.metrics import MeteredKeyManager  # late: see kakuin/metrics.py (multiprocess)
+
+    return MeteredKeyManager(
         module_path(settings),
         settings.hsm.token_label,
         settings.hsm.read_pin,
@@ -153,7 +155,9 @@ def make_signing_service(
         if sig.external_tsa_url
         else LocalTimeStamper(tsa)
     )
-    return SigningService(
+    from kakuin.metrics import MeteredSigningService  # late: see kakuin/metrics.py
+
+    return MeteredSigningService(
         store,
         keys,
         tsa,

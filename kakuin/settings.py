@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,30 @@ class TrustSettings:
 
 
 @dataclass(frozen=True)
+class LimitSettings:
+    """Rate limits (``limits`` notation, e.g. ``"5/second;30/minute"``) per client address,
+    per API token on the authenticated API; see kakuin/ratelimit.py."""
+
+    enabled: bool = True
+    verify: str = "5/second;30/minute"
+    ocsp: str = "100/second"
+    tsa: str = "20/second"
+    csc_info: str = "10/second"
+    api: str = "20/second;600/minute"
+    storage_url: str = "memory://"
+    trusted_proxies: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """GET /metrics: off unless enabled; then only from ``allow_from`` or with the token."""
+
+    enabled: bool = False
+    allow_from: tuple[str, ...] = ("127.0.0.1", "::1")
+    token_env: str = "KAKUIN_METRICS_TOKEN"  # noqa: S105  (a variable name, not a secret)
+
+
+@dataclass(frozen=True)
 class Settings:
     home: Path
     config_dir: Path
@@ -94,6 +118,9 @@ class Settings:
     status: StatusSettings
     signing: SigningSettings
     trust: TrustSettings
+    worker_class: str = "gevent"
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     @property
     def pki_dir(self) -> Path:
@@ -140,7 +167,52 @@ _ENV = {
     "KAKUIN_TSA_CLOCK_CHECK": ("signing", "tsa_clock_check"),
     "KAKUIN_REGION": ("trust", "region"),
     "KAKUIN_EXTERNAL_TSA_URL": ("signing", "external_tsa_url"),
+    "KAKUIN_WORKER_CLASS": ("server", "worker_class"),
+    "KAKUIN_REDIS_URL": ("limits", "storage_url"),
+    "KAKUIN_RATE_LIMITS": ("limits", "enabled"),
+    "KAKUIN_METRICS": ("metrics", "enabled"),
 }
+
+
+def _bool(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("1", "true", "yes", "on"):
+        return True
+    if str(value).lower() in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be true or false, not {value!r}")
+
+
+def _strings(value: Any, name: str) -> tuple[str, ...]:
+    if isinstance(value, str):  # from the environment: comma-separated
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise SettingsError(f"{name} must be a list of strings")
+    return tuple(value)
+
+
+def _limit_settings(data: dict[str, Any]) -> LimitSettings:
+    d, base = data.get("limits", {}), LimitSettings()
+    return LimitSettings(
+        enabled=_bool(d.get("enabled", base.enabled), "limits.enabled"),
+        verify=str(d.get("verify", base.verify)),
+        ocsp=str(d.get("ocsp", base.ocsp)),
+        tsa=str(d.get("tsa", base.tsa)),
+        csc_info=str(d.get("csc_info", base.csc_info)),
+        api=str(d.get("api", base.api)),
+        storage_url=str(d.get("storage_url") or base.storage_url),
+        trusted_proxies=_strings(d.get("trusted_proxies", []), "limits.trusted_proxies"),
+    )
+
+
+def _metrics_settings(data: dict[str, Any]) -> MetricsSettings:
+    d, base = data.get("metrics", {}), MetricsSettings()
+    return MetricsSettings(
+        enabled=_bool(d.get("enabled", base.enabled), "metrics.enabled"),
+        allow_from=_strings(d.get("allow_from", list(base.allow_from)), "metrics.allow_from"),
+        token_env=str(d.get("token_env", base.token_env)),
+    )
 
 
 def _choice(value: Any, allowed: tuple[str, ...], name: str) -> str:
@@ -207,6 +279,10 @@ def load_settings(home: Path | str | None = None, **overrides: Any) -> Settings:
                 max_pdf_mb=float(signing["max_pdf_mb"]),
             ),
             trust=TrustSettings(region=str(data["trust"]["region"])),
+            worker_class=_choice(server.get("worker_class", "gevent"),
+                                 ("gevent", "sync", "gthread"), "server.worker_class"),
+            limits=_limit_settings(data),
+            metrics=_metrics_settings(data),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise SettingsError(f"invalid settings: {exc!r}") from exc

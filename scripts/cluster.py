@@ -140,6 +140,13 @@ def start(args: argparse.Namespace) -> None:
     if not args.no_create_db:
         ensure_database(args.database_url)
     kakuin = [_kakuin(), "--home", str(home)]
+    if not (home / "kakuin.toml").exists():
+        # The nodes sit behind the local nginx: believe its X-Forwarded-For for rate limits.
+        # (Production: also a shared Redis storage_url so limits count across nodes.)
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "kakuin.toml").write_text(
+            '# Written by scripts/cluster.py for the local cluster.\n'
+            '[limits]\ntrusted_proxies = ["127.0.0.1"]\n')
     if not (home / "pki" / "chain.pem").exists():
         subprocess.run([*kakuin, "init"], env=env, check=True)
     subprocess.run([*kakuin, "db", "upgrade"], env=env, check=True)

@@ -71,7 +71,13 @@ def tokens(home_and_tokens: tuple[Path, Tokens]) -> Tokens:
 
 @pytest.fixture(scope="session")
 def settings(home: Path) -> Settings:
-    return load_settings(home)
+    """The home's settings, rate limits off: tests call endpoints far faster than any one
+    client would. tests/test_ratelimit.py (and test_metrics.py) set their own limits."""
+    import dataclasses
+
+    from kakuin.settings import LimitSettings
+
+    return dataclasses.replace(load_settings(home), limits=LimitSettings(enabled=False))
 
 
 @pytest.fixture(scope="session")
