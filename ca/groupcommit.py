@@ -9,9 +9,11 @@ commit and return only once their row is durable. No background thread, no added
 alone (a lone caller is its own leader at once), and a batch grows exactly with the
 concurrency that would otherwise queue on the database.
 
-It batches the requests of one process: threads of a gthread/gevent worker. With sync
-workers (one request at a time per process) every batch has one row and this is the plain
-per-token transaction. A duplicate serial in a batch (random 127-bit serials: practically
+It batches the requests of one process: threads of a gthread worker, or greenlets of a
+gevent worker when the driver yields while committing (psycopg on PostgreSQL does: measured
+320 rows in 80 commits from 8 greenlets; sqlite3 blocks the whole process, so there every
+batch has one row). With sync workers every batch has one row: the plain per-token
+transaction. A duplicate serial in a batch (random 127-bit serials: practically
 never) makes the batch fall back to one transaction per row, so only the duplicate fails.
 """
 
