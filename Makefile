@@ -7,13 +7,13 @@ HOME_DIR ?= var
 BIN    := $(VENV)/bin
 APT_PACKAGES := softhsm2 opensc openssl poppler-utils qpdf fonts-ipaexfont-gothic
 # Only for the test suite (headless browser checks of /verify and the console; Node.js 20
-# with npm (NodeSource, or Debian 13's nodejs + npm) for
-# the test OpenID Connect provider in tests/oidc; certutil for the pdfsig trust check) and
+# with npm (NodeSource, or Debian 13's nodejs + npm) for the test OpenID Connect provider in
+# tests/oidc; certutil for the pdfsig trust check; nginx for tests/test_cluster.py) and
 # bench/ocsp.py.
-APT_TEST_PACKAGES := chromium chromium-driver nodejs wrk libnss3-tools
+APT_TEST_PACKAGES := chromium chromium-driver nodejs wrk libnss3-tools nginx
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test setup apt venv init lint bench demo clean
+.PHONY: run test setup apt venv init lint bench demo clean cluster cluster-stop
 
 run: setup init
 	$(BIN)/kakuin --home $(HOME_DIR) serve
@@ -59,6 +59,17 @@ bench: setup
 # Two regions end to end; leaves sealed files and report.html under var/demo/.
 demo: setup
 	$(BIN)/python scripts/demo.py
+
+# nginx on 127.0.0.1:8080 in front of 3 nodes on 8081-8083 sharing $$KAKUIN_DATABASE_URL
+# (default: PostgreSQL database "kakuin" on 127.0.0.1, created if missing) and one token
+# under $(CLUSTER_HOME). Pids in $(CLUSTER_HOME)/cluster/*.pid; cluster-stop stops those.
+CLUSTER_HOME ?= var/cluster
+cluster: setup
+	@$(MAKE) --no-print-directory apt APT_PACKAGES=nginx
+	$(BIN)/python scripts/cluster.py start --home $(CLUSTER_HOME)
+
+cluster-stop:
+	$(BIN)/python scripts/cluster.py stop --home $(CLUSTER_HOME)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

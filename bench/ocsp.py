@@ -23,6 +23,11 @@ A.1). Peers take turns cell by cell, the order reversed every other round; media
   responder certificate (kakuin's responder key lives in the HSM); the index holds the same
   serials and statuses, and its requests carry CertIDs of that CA. It signs every answer.
 - ``openssl``: the same, single process (openssl's default).
+- ``kakuin-nginx`` (when nginx is installed): nginx with the production template
+  (config/nginx, rendered by scripts/cluster.py: buffering, keep-alive to the node, GET
+  answers cached at most 10 s and revalidated by ETag) in front of the same ``kakuin`` server:
+  the front as deployed (docs/deployment.md). GET cycles through all the certificates, so
+  after the first pass they are cache hits; POST always reaches kakuin.
 
 Before timing, every certificate is asked once from every server, by GET and POST, and the
 answers are checked (status, signature, reason); a sample also goes through
@@ -87,7 +92,9 @@ SERVER_ENV = {
     "KAKUIN_MAINTENANCE_INTERVAL": "0",
 }
 ISSUING = "kakuin-issuing-ca"
-PEERS = ("kakuin", "kakuin-baseline", "gunicorn-floor", "openssl-multi2", "openssl")
+PEERS = ("kakuin", "kakuin-nginx", "kakuin-baseline", "gunicorn-floor", "openssl-multi2",
+         "openssl")
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 METHODS = ("POST", "GET")
 WARMUP_SECONDS = 3
 START_TIMEOUT = 60
@@ -523,6 +530,22 @@ def start_kakuin(
     return proc
 
 
+def start_nginx(work: Path, port: int, upstream_port: int, log: Path) -> subprocess.Popen[bytes]:
+    """nginx from the production template (scripts/cluster.py render), in the foreground."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cluster_script", REPO / "scripts" / "cluster.py")
+    assert spec is not None and spec.loader is not None
+    cluster = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cluster)
+    conf = cluster.render(work / "nginx", nodes=[f"127.0.0.1:{upstream_port}"],
+                          http_listen=f"127.0.0.1:{port}")
+    assert NGINX is not None
+    with log.open("ab") as fh:
+        return subprocess.Popen([NGINX, "-c", str(conf), "-e", str(log), "-g", "daemon off;"],
+                                stdout=fh, stderr=fh, process_group=0)
+
+
 def start_openssl(
     paths: dict[str, Path], port: int, multi: int, log: Path
 ) -> subprocess.Popen[bytes]:
@@ -803,7 +826,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     isolate(argv)
-    peers = [p for p in PEERS if p != "kakuin-baseline" or args.baseline is not None]
+    peers = [p for p in PEERS if (p != "kakuin-baseline" or args.baseline is not None)
+             and (p != "kakuin-nginx" or NGINX is not None)]
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found (Debian: apt-get install wrk)")
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else (
@@ -845,6 +869,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                            o_requests)
         targets["openssl"] = Target("openssl", free_port(), "/", "/", o_issuer, o_requests)
         targets["kakuin"].proc = start_kakuin(home, targets["kakuin"].port, work / "kakuin.log")
+        if "kakuin-nginx" in peers:
+            front = Target("kakuin-nginx", free_port(), "/ocsp", "/ocsp/", k_issuer, k_requests)
+            front.proc = start_nginx(work, front.port, targets["kakuin"].port,
+                                     work / "nginx.log")
+            targets["kakuin-nginx"] = front
         if args.baseline is not None:
             base = Target("kakuin-baseline", free_port(), "/ocsp", "/ocsp/", k_issuer,
                           k_requests)
@@ -861,6 +890,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Correctness: every certificate, both methods, every server; a sample through openssl.
         sizes: dict[str, int] = {}
         responders = {"kakuin": k_responder, "kakuin-baseline": k_responder,
+                      "kakuin-nginx": k_responder,
                       "openssl-multi2": o_responder, "openssl": o_responder}
         for name, target in targets.items():
             for method in METHODS:
@@ -946,6 +976,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for method in METHODS
     }
     for method in METHODS:
+        if "kakuin-nginx" in peers:
+            ratios[f"kakuin-nginx/openssl {method}"] = round(
+                summary[f"kakuin-nginx {method}"]["rps"] / summary[f"openssl {method}"]["rps"], 2)
         ratios[f"gunicorn-floor/openssl-multi2 {method}"] = round(
             summary[f"gunicorn-floor {method}"]["rps"]
             / summary[f"openssl-multi2 {method}"]["rps"], 2)

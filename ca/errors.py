@@ -41,6 +41,13 @@ class Conflict(CAError):
     title = "Conflict"
 
 
+class DuplicateEntry(Conflict):
+    """The database refused a row that duplicates a unique one, typically a concurrent
+    writer on another node winning a race past the checks in code (``ca.store``)."""
+
+    type = "ca/conflict"
+
+
 class Forbidden(CAError):
     status = 403
     type = "ca/forbidden"

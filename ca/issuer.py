@@ -29,7 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from ca import audit, lint
-from ca.errors import CAError
+from ca.errors import CAError, DuplicateEntry
 from ca.models import Certificate, serial_hex
 from ca.profiles import Profile
 from ca.store import Store
@@ -282,7 +282,7 @@ def _reserve(
                 s.add(row)
                 s.flush()
                 return serial, row.id
-        except IntegrityError:
+        except (IntegrityError, DuplicateEntry):  # serial drawn twice: draw again
             continue
     raise CAError("could not reserve a unique serial number")
 

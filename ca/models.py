@@ -19,6 +19,7 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -26,6 +27,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -95,6 +97,13 @@ class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime}
 
 
+_LIVE = "status IN ('active', 'pending')"
+_ACTIVE_BOARD = text("kind = 'board' AND status = 'active'")
+_LIVE_CORPORATE = text(f"corporate_number IS NOT NULL AND {_LIVE}")
+_LIVE_CHILD = text(f"parent_id IS NOT NULL AND {_LIVE}")
+_LIVE_TOP = text(f"parent_id IS NULL AND {_LIVE}")
+
+
 class Organization(Base):
     """A board of education, school, school corporation or the operator.
 
@@ -106,6 +115,16 @@ class Organization(Base):
     __table_args__ = (
         CheckConstraint(_one_of("kind", ORGANIZATION_KINDS), name="kind"),
         CheckConstraint(_one_of("status", ORGANIZATION_STATUSES), name="status"),
+        # The database enforces what registry.py checks, so concurrent registrations on
+        # several nodes end in one row and IntegrityError (409) for the others (rev. 0005).
+        Index("uq_organizations_active_board_local_gov_code", "local_gov_code", unique=True,
+              sqlite_where=_ACTIVE_BOARD, postgresql_where=_ACTIVE_BOARD),
+        Index("uq_organizations_live_corporate_number", "corporate_number", unique=True,
+              sqlite_where=_LIVE_CORPORATE, postgresql_where=_LIVE_CORPORATE),
+        Index("uq_organizations_live_name_per_parent", "parent_id", "name_ja", unique=True,
+              sqlite_where=_LIVE_CHILD, postgresql_where=_LIVE_CHILD),
+        Index("uq_organizations_live_top_level_name", "name_ja", unique=True,
+              sqlite_where=_LIVE_TOP, postgresql_where=_LIVE_TOP),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -354,3 +373,34 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     last_seq: Mapped[int] = mapped_column(BigInteger)
     last_hash: Mapped[str] = mapped_column(String(64))
+
+
+class SchedulerLease(Base):
+    """Who runs a cluster-wide periodic job (``ca.scheduler``) for which period, until when.
+
+    Claimed by a conditional ``UPDATE`` (period newer, previous holder done or expired), so
+    of all the workers on all the nodes exactly one wins each period.
+    """
+
+    __tablename__ = "scheduler_lease"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    period_start_ms: Mapped[int] = mapped_column(BigInteger)
+    expires_at_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class SchedulerRun(Base):
+    """One run of a cluster-wide periodic job: the record "exactly once per period" is
+    checked against. Deliberately no unique constraint: the lease must do that job."""
+
+    __tablename__ = "scheduler_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    period_start_ms: Mapped[int] = mapped_column(BigInteger, index=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    outcome: Mapped[str] = mapped_column(String(16), default="running")
+    summary: Mapped[str | None] = mapped_column(Text)

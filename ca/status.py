@@ -22,7 +22,8 @@ from ca import audit as _audit
 from ca import crl as _crl
 from ca import ocsp as _ocsp
 from ca.clients import Principal, Unauthenticated, authenticate
-from ca.errors import CAError, Conflict, Forbidden, InvalidRequest, NotFound
+from ca.errors import CAError, Conflict, DuplicateEntry, Forbidden, InvalidRequest, NotFound
+from ca.groupcommit import TsaSerialRegister
 from ca.models import Certificate, Organization, TsaSerial, UsedToken, serial_hex
 from ca.store import Store
 from hsm.api import KeyManager
@@ -36,6 +37,7 @@ __all__ = [
     "NotFound",
     "Principal",
     "Store",
+    "TsaSerialRegister",
     "Unauthenticated",
     "authenticate_header",
     "ca_chain",
@@ -274,7 +276,7 @@ def consume_token(store: Store, token_id: str, *, purpose: str, expires_at: date
     try:
         with store.session() as s:
             s.add(UsedToken(token_id=token_id, purpose=purpose[:32], expires_at=expires_at))
-    except IntegrityError:
+    except (IntegrityError, DuplicateEntry):
         return False
     return True
 
@@ -287,22 +289,21 @@ def record_tsa_serial(
     hash_algorithm: str,
     policy_oid: str,
     issued_at: datetime,
+    register: TsaSerialRegister | None = None,
 ) -> None:
     """Reserve a timestamp serial; a duplicate is a Conflict (the caller draws again).
 
     A Core insert, not the ORM: it runs once per token and the unit-of-work machinery was a
-    measurable part of the TSA's time (bench/tsa.py).
+    measurable part of the TSA's time (bench/tsa.py). With ``register`` the insert joins the
+    concurrent ones in one commit (``ca.groupcommit``); it is durable when this returns.
     """
+    row = {"serial": serial_hex(serial), "issued_at": issued_at, "imprint_sha256": imprint_hex,
+           "hash_algorithm": hash_algorithm, "policy_oid": policy_oid}
+    if register is not None:
+        register.record(row)
+        return
     try:
         with store.engine.begin() as conn:
-            conn.execute(
-                insert(TsaSerial).values(
-                    serial=serial_hex(serial),
-                    issued_at=issued_at,
-                    imprint_sha256=imprint_hex,
-                    hash_algorithm=hash_algorithm,
-                    policy_oid=policy_oid,
-                )
-            )
+            conn.execute(insert(TsaSerial).values(**row))
     except IntegrityError as exc:
         raise Conflict("timestamp serial already used") from exc

@@ -18,11 +18,23 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
+from ca.errors import DuplicateEntry
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def is_unique_violation(exc: IntegrityError) -> bool:
+    """True for a UNIQUE/PRIMARY KEY violation (PostgreSQL 23505, SQLite's message); NOT NULL,
+    CHECK and foreign key violations stay errors of ours."""
+    if getattr(exc.orig, "sqlstate", None) == "23505":
+        return True
+    message = str(exc.orig)
+    return message.startswith(("UNIQUE constraint failed", "PRIMARY KEY constraint failed"))
 
 
 def default_sqlite_url(home: Path) -> str:
@@ -81,11 +93,20 @@ class Store:
         """A unit of work: commits if the block ends normally, rolls back if it raises.
 
         A business change and its audit entry written in one block land together or not at all.
+        A unique constraint violated inside the block or at commit (a concurrent writer on
+        another node won the race) becomes ``DuplicateEntry`` (409), never a 500.
         """
         with self._sessions() as session:
             try:
                 yield session
                 session.commit()
+            except IntegrityError as exc:
+                session.rollback()
+                if is_unique_violation(exc):
+                    raise DuplicateEntry(
+                        "conflicts with an entry just written by a concurrent request"
+                    ) from exc
+                raise
             except BaseException:
                 session.rollback()
                 raise

@@ -18,6 +18,7 @@ from werkzeug.exceptions import HTTPException
 from ca import api as ca_api
 from ca import protocol_api
 from ca.errors import CAError
+from ca.scheduler import ClusterScheduler
 from hsm.api import HashAlg, KeyRef, SignScheme
 from hsm.errors import HsmError
 from kakuin import homedir, logs, metrics, ratelimit
@@ -198,26 +199,43 @@ def _register_error_handlers(app: Flask) -> None:
 
 
 def start_maintenance(svc: Services) -> threading.Thread | None:
-    """Run the CA's scheduled work in a daemon thread of this (worker) process."""
+    """Run the CA's scheduled work in a daemon thread of this (worker) process.
+
+    Every worker of every node has one; the lease (``ca.scheduler``) lets exactly one of them
+    run each period for the whole cluster.
+    """
     interval = svc.settings.status.maintenance_interval_seconds
     if interval <= 0:
         return None
     stop = threading.Event()
+    lease = ClusterScheduler(svc.store, interval)
 
     def loop() -> None:
         while not stop.is_set():
-            started, ok = time.perf_counter(), False
             try:
-                done = svc.ca.maintain()
-                done["trust_lists"] = trustlist.refresh_imported(svc.settings.home)
-                if done["crls_published"] or done["ocsp_refreshed"] or done["responder_renewed"]:
-                    log.info("maintenance", extra=done)
-                ok = True
+                claim = lease.claim()
             except Exception:
-                log.exception("maintenance failed")
-            metrics.record_scheduler_run(ok, time.perf_counter() - started)
-            # Jitter so several workers don't all wake at the same moment.
-            stop.wait(interval * (0.75 + secrets.randbelow(500) / 1000))
+                log.exception("maintenance lease unavailable")
+                claim = None
+            if claim is not None:
+                started, ok = time.perf_counter(), False
+                done: dict[str, Any] = {}
+                try:
+                    done = svc.ca.maintain()
+                    done["trust_lists"] = trustlist.refresh_imported(svc.settings.home)
+                    ok = True
+                    if any(done[k] for k in ("crls_published", "ocsp_refreshed",
+                                             "responder_renewed")):
+                        log.info("maintenance", extra=done)
+                except Exception:
+                    log.exception("maintenance failed")
+                metrics.record_scheduler_run(ok, time.perf_counter() - started)
+                try:
+                    lease.finish(claim, ok=ok, summary=done)
+                except Exception:
+                    log.exception("maintenance lease not released")
+            # Wake just after the next period starts; jitter spreads the claims a little.
+            stop.wait(lease.seconds_until_next_period() + secrets.randbelow(250) / 1000)
 
     thread = threading.Thread(target=loop, name="kakuin-maintenance", daemon=True)
     thread.start()

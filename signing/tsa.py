@@ -278,6 +278,8 @@ class TimeStampAuthority:
         self.include_chain = include_chain
         self.refresh = refresh.total_seconds()
         self.audit_tokens = audit_tokens
+        # Concurrent tokens of this process share one durable commit (ca.groupcommit).
+        self._register = status.TsaSerialRegister(store)
         self._signer: _Signer | None = None
         self._lock = threading.Lock()
 
@@ -470,6 +472,7 @@ class TimeStampAuthority:
                     hash_algorithm=hash_name,
                     policy_oid=self.policy_oid,
                     issued_at=gen_time,
+                    register=self._register,
                 )
                 return serial
             except status.Conflict:

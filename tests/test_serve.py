@@ -75,8 +75,8 @@ def test_metrics_add_up_across_workers(server: str) -> None:
     with urllib.request.urlopen(server + "/metrics", timeout=10) as resp:
         text = resp.read().decode()
     assert sample(text, "kakuin_http_requests_total", endpoint="/healthz", status="200") >= 6
-    # Each worker ran the scheduler once at start.
-    assert sample(text, "kakuin_scheduler_runs_total", outcome="ok") >= 2
+    # The scheduler ran at start, once for both workers (one run per period: ca/scheduler.py).
+    assert sample(text, "kakuin_scheduler_runs_total", outcome="ok") >= 1
 
 
 def _mode(path: Path) -> int:

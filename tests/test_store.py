@@ -10,6 +10,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import CheckConstraint, func, inspect, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError, StatementError
 
+from ca.errors import DuplicateEntry
 from ca.models import ApiClient, AuditHead, Base, Certificate, Organization, serial_hex
 from ca.store import (
     Store,
@@ -33,9 +34,9 @@ def _org(**overrides: object) -> Organization:
 def test_upgrade_reaches_head_and_is_idempotent(db_url: str) -> None:
     assert current_revision(db_url) is None
     upgrade(db_url)
-    assert current_revision(db_url) == head_revision() == "0004"
+    assert current_revision(db_url) == head_revision() == "0005"
     upgrade(db_url)
-    assert current_revision(db_url) == "0004"
+    assert current_revision(db_url) == "0005"
 
 
 def test_migrations_go_step_by_step(db_url: str) -> None:
@@ -173,8 +174,10 @@ def test_unique_issuer_serial(store: Store) -> None:
 
     with store.session() as session:
         session.add(cert())
-    with pytest.raises(IntegrityError), store.session() as session:
+    # A unique violation is a conflict (409) for callers, with the database's error as cause.
+    with pytest.raises(DuplicateEntry) as caught, store.session() as session:
         session.add(cert())
+    assert isinstance(caught.value.__cause__, IntegrityError)
 
 
 def test_ping(store: Store, tmp_path: Path) -> None:
