@@ -538,3 +538,17 @@ def rate_table(summaries: dict[str, dict[str, Any]], unit: str, count_key: str =
         row.append(f"{min(s['per_s_by_round']):.0f}-{max(s['per_s_by_round']):.0f}")
         rows.append(row)
     return markdown_table(head, rows, left=(0, -1))
+
+
+def scratch_token(directory: Path, label: str) -> tuple[Any, str, str]:
+    """A throwaway SoftHSM token under ``directory`` and kakuin's key manager logged in to it;
+    (manager, module path, user PIN). Call before the PKCS#11 module is first loaded."""
+    from hsm import softhsm
+    from hsm.pkcs11 import Pkcs11KeyManager
+
+    conf = softhsm.write_config(directory)
+    softhsm.activate(conf)
+    pin = secrets.token_urlsafe(12)
+    softhsm.init_token(conf, label, secrets.token_urlsafe(12), pin)
+    module = softhsm.find_module()
+    return Pkcs11KeyManager(module, label, pin), module, pin
