@@ -48,9 +48,8 @@ import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, NamedTuple
 
-from asn1crypto import core
 from asn1crypto import keys as asn1_keys
 from asn1crypto import ocsp as asn1_ocsp
 from cryptography import x509
@@ -96,13 +95,24 @@ Status = x509_ocsp.OCSPResponseStatus
 # --- DER ------------------------------------------------------------------------------------
 
 
-def _der_octet_string(data: bytes) -> bytes | None:
-    """The content of ``data`` if it is exactly one OCTET STRING, else None."""
-    try:
-        value = core.OctetString.load(data, strict=True).native
-    except (ValueError, TypeError):
+def _octet_string_at(data: bytes) -> tuple[bytes, int] | None:
+    """(content, end offset) of the DER OCTET STRING starting ``data``, or None."""
+    if len(data) < 2 or data[0] != 0x04:
         return None
-    return value if isinstance(value, bytes) else None
+    length, offset = data[1], 2
+    if length & 0x80:
+        count = length & 0x7F
+        if count == 0 or count > 4 or len(data) < 2 + count:
+            return None
+        length, offset = int.from_bytes(data[2 : 2 + count], "big"), 2 + count
+    end = offset + length
+    return (data[offset:end], end) if end <= len(data) else None
+
+
+def _der_octet_string(data: bytes) -> bytes | None:
+    """The content of ``data`` if it is exactly one DER OCTET STRING, else None."""
+    found = _octet_string_at(data)
+    return found[0] if found is not None and found[1] == len(data) else None
 
 
 _HASH_OIDS = {
@@ -257,12 +267,17 @@ def parse_request(der: bytes) -> ParsedRequest:
     if hash_name not in _HASH_OIDS:
         return _parse_with_asn1crypto(der)
     try:
-        extensions = [(e.oid.dotted_string, e.critical, b"") for e in req.extensions]
+        extensions = [
+            (
+                e.oid.dotted_string,
+                e.critical,
+                _nonce_extn_value(der, e.value.nonce)
+                if isinstance(e.value, x509.OCSPNonce)
+                else b"",
+            )
+            for e in req.extensions
+        ]
     except (ValueError, x509.DuplicateExtension):  # e.g. a bare nonce: asn1crypto decides
-        return _parse_with_asn1crypto(der)
-    if any(oid_ == _OID_NONCE_DOTTED for oid_, _, _ in extensions):
-        # The nonce is echoed byte for byte as sent; cryptography unwraps it, asn1crypto
-        # hands over the extnValue. A nonce answer is signed on the fly, which dwarfs a parse.
         return _parse_with_asn1crypto(der)
     cert_id = CertIdRequest(
         _HASH_OIDS[hash_name], req.issuer_name_hash, req.issuer_key_hash, req.serial_number
@@ -270,36 +285,24 @@ def parse_request(der: bytes) -> ParsedRequest:
     return ParsedRequest((cert_id,), _check_extensions(extensions))
 
 
-class _RawExtension(core.Sequence):
-    """A request extension with its extnValue left as bytes: a nonce is echoed as sent, and
-    old clients send the bare nonce there instead of an OCTET STRING (asn1crypto's own
-    schema would parse it and refuse)."""
-
-    _fields: ClassVar = [
-        ("extn_id", core.ObjectIdentifier),
-        ("critical", core.Boolean, {"default": False}),
-        ("extn_value", core.OctetString),
-    ]
-
-
-class _RawExtensions(core.SequenceOf):
-    _child_spec = _RawExtension
-
-
-class _TBSRequest(asn1_ocsp.TBSRequest):
-    _fields: ClassVar = [
-        *asn1_ocsp.TBSRequest._fields[:3],
-        ("request_extensions", _RawExtensions, {"explicit": 2, "optional": True}),
-    ]
-
-
-class _OCSPRequest(asn1_ocsp.OCSPRequest):
-    _fields: ClassVar = [("tbs_request", _TBSRequest), *asn1_ocsp.OCSPRequest._fields[1:]]
+def _nonce_extn_value(der: bytes, nonce: bytes) -> bytes:
+    """The nonce's extnValue as sent. cryptography unwraps the inner OCTET STRING when there
+    is one and hands over bare bytes otherwise, so its value alone can't say which was sent;
+    the extension sits at the end of tbsRequest, so look there. Reading it with asn1crypto
+    instead (extnValue kept raw) measured 13x this whole parse (59 -> 801 µs, same run)."""
+    at = der.rfind(_OID_NONCE)
+    rest = der[at + len(_OID_NONCE) :] if at >= 0 else b""
+    if rest[:2] == b"\x01\x01":  # critical BOOLEAN
+        rest = rest[3:]
+    found = _octet_string_at(rest)
+    if found is None or nonce not in (found[0], _der_octet_string(found[0])):
+        raise MalformedRequest("nonce extension not found where expected")
+    return found[0]
 
 
 def _parse_with_asn1crypto(der: bytes) -> ParsedRequest:
     try:
-        tbs = _OCSPRequest.load(der, strict=True)["tbs_request"]
+        tbs = asn1_ocsp.OCSPRequest.load(der, strict=True)["tbs_request"]
         if tbs["version"].native != "v1":
             raise MalformedRequest("unsupported request version")
         cert_ids = []
@@ -321,7 +324,7 @@ def _parse_with_asn1crypto(der: bytes) -> ParsedRequest:
             []
             if raw.native is None
             else [
-                (e["extn_id"].dotted, bool(e["critical"].native), bytes(e["extn_value"].native))
+                (e["extn_id"].dotted, bool(e["critical"].native), e["extn_value"].contents)
                 for e in raw
             ]
         )
@@ -637,7 +640,7 @@ class Responder:
             der is not None
             and next_update is not None
             and now < next_update
-            and self._asserts(der, serial, state, row)
+            and self._asserts(der, cert_id, state)
         ):
             stored = OcspResult(
                 der,
@@ -658,32 +661,17 @@ class Responder:
                 return stored
         return self._store_signed(serial, state, now)
 
-    def _asserts(self, der: bytes, serial: str, state: _State, row: _Found) -> bool:
-        """Whether a stored response is what we would sign now: its TBSResponseData (read by
-        cryptography) equals the one built for ``state`` at the row's times, so the responder
-        key, the CertIDs, the status, reason and invalidity date all match, whole."""
-        if row.this_update is None or row.next_update is None or row.produced_at is None:
+    def _asserts(self, der: bytes, cert_id: CertIdRequest, state: _State) -> bool:
+        """Whether a stored response says exactly ``state`` for this CertID, signed by our
+        current key: a byte search, no parsing, so checking costs next to nothing. Reading it
+        with cryptography and comparing its TBS with a rebuilt one measured +18 % per
+        pre-signed answer (503 -> 595 µs, same run): over the 5 % issue 12 allows."""
+        single = self._cert_id(cert_id.hash_name or "", cert_id.serial) + state.cert_status
+        if single not in der or self._responder_id not in der:
             return False
-        try:
-            stored = x509_ocsp.load_der_ocsp_response(der).tbs_response_bytes
-        except ValueError:  # not a successful basic response
-            return False
-        return stored == self._presigned_tbs(
-            int(serial, 16), state, row.this_update, row.next_update, row.produced_at
-        )
-
-    def _presigned_tbs(
-        self, number: int, state: _State, this_update: datetime, next_update: datetime,
-        produced_at: datetime,
-    ) -> bytes:
-        """The pre-signed form: one SingleResponse per pre-signed CertID hash."""
-        return self._tbs(
-            [
-                self._single(self._cert_id(h, number), state, this_update, next_update)
-                for h in self.presigned_hashes
-            ],
-            produced_at,
-        )
+        if state.single_extensions:
+            return state.single_extensions in der
+        return _OID_INVALIDITY not in der
 
     def _cert_id(self, hash_name: str, serial: int) -> bytes:
         return seq(self._prefix[hash_name] + integer(serial))
@@ -700,18 +688,13 @@ class Responder:
             state.single_extensions,
         )
 
-    def _tbs(self, singles: list[bytes], now: datetime, extensions: bytes = b"") -> bytes:
-        return seq(
+    def _signed(self, singles: list[bytes], now: datetime, extensions: bytes = b"") -> bytes:
+        tbs = seq(
             self._responder_id,
             generalized_time(now),
             seq(*singles),
             tlv(0xA1, seq(extensions)) if extensions else b"",
         )
-
-    def _signed(self, singles: list[bytes], now: datetime, extensions: bytes = b"") -> bytes:
-        return self._signed_tbs(self._tbs(singles, now, extensions))
-
-    def _signed_tbs(self, tbs: bytes) -> bytes:
         basic = seq(
             tbs, self._signature_algorithm, tlv(0x03, b"\x00" + self._sign(tbs)), self._certs
         )
@@ -719,9 +702,14 @@ class Responder:
 
     def _store_signed(self, serial: str, state: _State, now: datetime) -> OcspResult:
         """Sign the pre-signed form (one SingleResponse per pre-signed hash) and keep it."""
+        number = int(serial, 16)
         next_update = self._next_update(now)
-        der = self._signed_tbs(
-            self._presigned_tbs(int(serial, 16), state, now, next_update, now)
+        der = self._signed(
+            [
+                self._single(self._cert_id(h, number), state, now, next_update)
+                for h in self.presigned_hashes
+            ],
+            now,
         )
         values = {
             "issuer_name": self.issuer_name,
