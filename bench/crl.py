@@ -34,8 +34,15 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-from harness import environment, logger, markdown_table, run_rounds, scratch_token
+from harness import (
+    environment,
+    logger,
+    markdown_table,
+    run_rounds,
+    scratch_token,
+    self_signed,
+    write_key_and_certificate,
+)
 from sqlalchemy import insert
 
 from ca import crl
@@ -69,24 +76,13 @@ authorityKeyIdentifier = keyid:always
 
 
 def ca_certificate(key: Any, name: str) -> x509.Certificate:
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-        .sign(key, hashes.SHA256())
-    )
+    cert: x509.Certificate = self_signed(key, name, days=3650, not_before=dt.timedelta(days=1),
+                                         extensions=[
+        (x509.BasicConstraints(ca=True, path_length=None), True),
+        (x509.KeyUsage(False, False, False, False, False, True, True, False, False), True),
+        (x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False),
+    ])
+    return cert
 
 
 def make_entries(count: int) -> list[crl.Revoked]:
@@ -136,14 +132,7 @@ def write_openssl_ca(directory: Path, entries: Sequence[crl.Revoked]) -> tuple[P
     """An ``openssl ca`` directory with the same revoked entries in index.txt."""
     key = ec.generate_private_key(ec.SECP256R1())
     cert = ca_certificate(key, "bench openssl CA")
-    (directory / "key.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    (directory / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_key_and_certificate(key, cert, directory / "key.pem", directory / "ca.pem")
     expiry = (dt.datetime.now(dt.UTC) + dt.timedelta(days=365)).strftime("%y%m%d%H%M%SZ")
     lines = []
     for e in entries:

@@ -71,9 +71,10 @@ def _ocsp_pair(svc: Any, settings: Any) -> tuple[Callable[[], bytes], Callable[[
     parsed = asn1_ocsp.OCSPResponse.load(expected)
     basic = parsed["response_bytes"]["response"].parsed
     # What code written against asn1crypto would make once per responder:
-    responder_id = basic["tbs_response_data"]["responder_id"]
-    algorithm = basic["signature_algorithm"]
-    certs = basic["certs"]
+    # (loaded afresh and never walked, so asn1crypto reuses their encodings as they are)
+    responder_id = asn1_ocsp.ResponderId.load(basic["tbs_response_data"]["responder_id"].dump())
+    algorithm = type(basic["signature_algorithm"]).load(basic["signature_algorithm"].dump())
+    certs = type(basic["certs"]).load(basic["certs"].untag().dump())
     cert_ids = {h: asn1_ocsp.CertId.load(responder._cert_id(h, 0))
                 for h in responder.presigned_hashes}
     revoked_at, invalidity = now, now - dt.timedelta(days=1)

@@ -552,3 +552,43 @@ def scratch_token(directory: Path, label: str) -> tuple[Any, str, str]:
     softhsm.init_token(conf, label, secrets.token_urlsafe(12), pin)
     module = softhsm.find_module()
     return Pkcs11KeyManager(module, label, pin), module, pin
+
+
+def self_signed(key: Any, common_name: str, *, days: int,
+                extensions: Sequence[tuple[Any, bool]] = (),
+                not_before: dt.timedelta = dt.timedelta(minutes=5)) -> Any:
+    """A self-signed certificate for an openssl peer's own CA or TSA (SHA-256)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - not_before).not_valid_after(now + dt.timedelta(days=days))
+    )
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
+    return builder.sign(key, hashes.SHA256())
+
+
+def write_key_and_certificate(key: Any, cert: Any, key_path: Path, cert_path: Path) -> None:
+    """PEM files for an openssl peer: the key PKCS#8, unencrypted, mode 0600."""
+    from cryptography.hazmat.primitives import serialization
+
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(key.private_bytes(serialization.Encoding.PEM,
+                                   serialization.PrivateFormat.PKCS8,
+                                   serialization.NoEncryption()))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def remove(tmp: Path, keep: bool, log: Log) -> None:
+    """The temporary directory goes, unless --keep."""
+    if keep:
+        log(f"kept {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)

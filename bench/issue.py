@@ -31,12 +31,10 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import datetime as dt
 import json
 import os
 import pstats
 import secrets
-import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -68,9 +66,12 @@ from harness import (
     open_home,
     print_environment,
     profile_stats,
+    remove,
     run_rounds,
+    self_signed,
     start_serve,
     stop,
+    write_key_and_certificate,
 )
 
 PEERS_ALL = ("kakuin-lint", "kakuin-nolint", "kakuin-gunicorn", "openssl")
@@ -112,30 +113,10 @@ def _spki(public_key: Any) -> bytes:
 
 def make_openssl_ca(directory: Path) -> tuple[Path, Path, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "openssl bench CA")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    cert = self_signed(key, "openssl bench CA", days=3650, extensions=[
+        (x509.BasicConstraints(ca=True, path_length=0), True)])
     key_path, cert_path = directory / "ca.key", directory / "ca.pem"
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_key_and_certificate(key, cert, key_path, cert_path)
     return key_path, cert_path, cert
 
 
@@ -328,10 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop(gunicorn)
         if svc is not None:
             svc.close()
-        if args.keep:
-            log(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        remove(tmp, args.keep, log)
 
     summaries = {p: summary(stats[p], phases.get(p)) for p in peers}
     o = stats["openssl"]

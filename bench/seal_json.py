@@ -35,7 +35,6 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import statistics
 import sys
 import time
@@ -56,6 +55,7 @@ from harness import (
     new_home,
     open_home,
     print_environment,
+    remove,
     split,
 )
 
@@ -357,10 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             srv.close()
         if svc is not None:
             svc.close()
-        if args.keep:
-            log(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        remove(tmp, args.keep, log)
 
     def rate(p: str) -> float:
         return peers[p].per_s

@@ -36,13 +36,11 @@ checked (granted, nonce echoed, imprint); a sample is verified with ``openssl ts
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import hashlib
 import http.client
 import json
 import os
 import secrets
-import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -55,9 +53,8 @@ from typing import Any
 
 from asn1crypto import cms, tsp
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from harness import (
     REPO,
     TIMEOUT,
@@ -69,10 +66,13 @@ from harness import (
     free_port,
     logger,
     new_home,
+    remove,
     run_rounds,
+    self_signed,
     start_serve,
     stop,
     wait_healthy,
+    write_key_and_certificate,
 )
 from sqlalchemy import event
 
@@ -190,35 +190,13 @@ def openssl_verify(response: bytes, query: Query, ca_file: Path, work: Path) -> 
 def make_openssl_tsa(directory: Path) -> tuple[Path, Path, Path]:
     """A self-signed P-256 TSA certificate (critical EKU timeStamping), key in a file."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "openssl bench TSA")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, False, False, False, False, False, False, False),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.TIME_STAMPING]), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    cert = self_signed(key, "openssl bench TSA", days=30, extensions=[
+        (x509.BasicConstraints(ca=False, path_length=None), True),
+        (x509.KeyUsage(True, False, False, False, False, False, False, False, False), True),
+        (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.TIME_STAMPING]), True),
+    ])
     key_path, cert_path, cnf = directory / "tsa.key", directory / "tsa.pem", directory / "ts.cnf"
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_key_and_certificate(key, cert, key_path, cert_path)
     (directory / "tsaserial").write_text("01\n")
     cnf.write_text(TS_CNF.format(dir=directory, policy=ETSI_BTSP_POLICY))
     return key_path, cert_path, cnf
@@ -504,10 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             svc.store.dispose(close=True)
         if nosync_store is not None:
             nosync_store.dispose(close=True)
-        if args.keep:
-            log(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        remove(tmp, args.keep, log)
 
 
 def print_table(result: dict[str, Any]) -> None:
