@@ -90,6 +90,7 @@ MAX_NONCE_OCTETS = 128  # RFC 9654 §2.1
 DEFAULT_VALIDITY = timedelta(hours=8)
 PRESIGNED_HASHES = ("sha256", "sha1")
 RELOAD_EVERY = timedelta(minutes=5)
+_CHECKED_MAX = 65536  # stored responses remembered as checked, per responder and process
 Status = x509_ocsp.OCSPResponseStatus
 
 # --- DER ------------------------------------------------------------------------------------
@@ -551,6 +552,8 @@ class Responder:
         self.presigned_hashes = presigned_hashes
         self.not_after = certificate.not_valid_after_utc
         self._lookup = _PresignedLookup(store.engine)
+        # (BLAKE2b of a stored response, serial, state and row times it must assert) -> whether
+        self._checked: dict[tuple[Any, ...], bool] = {}
         name_der, key_bits = issuer.subject.public_bytes(), _key_bits(issuer)
         # (hash OID, issuerNameHash, issuerKeyHash) -> the CertID's DER up to the serial
         self._issuer_ids: dict[tuple[str, bytes, bytes], bytes] = {}
@@ -640,7 +643,7 @@ class Responder:
             der is not None
             and next_update is not None
             and now < next_update
-            and self._asserts(der, cert_id, state)
+            and self._asserts(der, serial, state, row)
         ):
             stored = OcspResult(
                 der,
@@ -661,17 +664,44 @@ class Responder:
                 return stored
         return self._store_signed(serial, state, now)
 
-    def _asserts(self, der: bytes, cert_id: CertIdRequest, state: _State) -> bool:
-        """Whether a stored response says exactly ``state`` for this CertID, signed by our
-        current key: a byte search, no parsing, so checking costs next to nothing. Reading it
-        with cryptography and comparing its TBS with a rebuilt one measured +18 % per
-        pre-signed answer (503 -> 595 µs, same run): over the 5 % issue 12 allows."""
-        single = self._cert_id(cert_id.hash_name or "", cert_id.serial) + state.cert_status
-        if single not in der or self._responder_id not in der:
-            return False
-        if state.single_extensions:
-            return state.single_extensions in der
-        return _OID_INVALIDITY not in der
+    def _asserts(self, der: bytes, serial: str, state: _State, row: _Found) -> bool:
+        """Whether a stored response is what we would sign now: its TBSResponseData (read by
+        cryptography) equals the one built for ``state`` at the row's times, so the responder
+        key, the CertIDs, status, reason and invalidity date all match, whole.
+
+        Each (response, state) is checked once per process: the check costs ~90 µs, about
+        a sixth of a pre-signed answer, and a stored response is answered many times."""
+        digest = hashlib.blake2b(der, digest_size=16).digest()
+        key = (digest, serial, state, row.this_update, row.next_update, row.produced_at)
+        known = self._checked.get(key)
+        if known is not None:
+            return known
+        ok = False
+        if row.this_update is not None and row.next_update is not None and row.produced_at:
+            try:
+                stored = x509_ocsp.load_der_ocsp_response(der).tbs_response_bytes
+            except ValueError:  # not a successful basic response
+                stored = None
+            ok = stored == self._presigned_tbs(
+                int(serial, 16), state, row.this_update, row.next_update, row.produced_at
+            )
+        if len(self._checked) >= _CHECKED_MAX:
+            self._checked.clear()
+        self._checked[key] = ok
+        return ok
+
+    def _presigned_tbs(
+        self, number: int, state: _State, this_update: datetime, next_update: datetime,
+        produced_at: datetime,
+    ) -> bytes:
+        """The pre-signed form: one SingleResponse per pre-signed CertID hash."""
+        return self._tbs(
+            [
+                self._single(self._cert_id(h, number), state, this_update, next_update)
+                for h in self.presigned_hashes
+            ],
+            produced_at,
+        )
 
     def _cert_id(self, hash_name: str, serial: int) -> bytes:
         return seq(self._prefix[hash_name] + integer(serial))
@@ -688,13 +718,18 @@ class Responder:
             state.single_extensions,
         )
 
-    def _signed(self, singles: list[bytes], now: datetime, extensions: bytes = b"") -> bytes:
-        tbs = seq(
+    def _tbs(self, singles: list[bytes], now: datetime, extensions: bytes = b"") -> bytes:
+        return seq(
             self._responder_id,
             generalized_time(now),
             seq(*singles),
             tlv(0xA1, seq(extensions)) if extensions else b"",
         )
+
+    def _signed(self, singles: list[bytes], now: datetime, extensions: bytes = b"") -> bytes:
+        return self._signed_tbs(self._tbs(singles, now, extensions))
+
+    def _signed_tbs(self, tbs: bytes) -> bytes:
         basic = seq(
             tbs, self._signature_algorithm, tlv(0x03, b"\x00" + self._sign(tbs)), self._certs
         )
@@ -702,14 +737,9 @@ class Responder:
 
     def _store_signed(self, serial: str, state: _State, now: datetime) -> OcspResult:
         """Sign the pre-signed form (one SingleResponse per pre-signed hash) and keep it."""
-        number = int(serial, 16)
         next_update = self._next_update(now)
-        der = self._signed(
-            [
-                self._single(self._cert_id(h, number), state, now, next_update)
-                for h in self.presigned_hashes
-            ],
-            now,
+        der = self._signed_tbs(
+            self._presigned_tbs(int(serial, 16), state, now, next_update, now)
         )
         values = {
             "issuer_name": self.issuer_name,

@@ -116,3 +116,32 @@ def test_timestamp_token_is_der(services) -> None:  # type: ignore[no-untyped-de
         assert _redone(parsed) == response
         tst = parsed["time_stamp_token"]["content"]["encap_content_info"]["content"].parsed
         assert _redone(tst) == tst.dump()
+
+
+def test_stored_ocsp_response_checked_whole(services, settings) -> None:  # type: ignore[no-untyped-def]
+    """A stored response is served only if it is, whole, what would be signed now."""
+    from sqlalchemy import select
+
+    from ca.models import Certificate
+
+    responder = ocsp.Responder.load(services.store, services.keys, settings.ca.issuing_name)
+    with services.store.session() as s:
+        serial = s.scalars(select(Certificate.serial).where(
+            Certificate.kind == "ocsp", Certificate.issuer_name == settings.ca.issuing_name
+        )).first()
+    assert serial is not None
+    responder.resign(serial)
+    row = responder._lookup(settings.ca.issuing_name, serial)
+    assert row is not None and row.der is not None
+    state = ocsp._state(*row[:5])
+    assert responder._asserts(row.der, serial, state, row)
+    when = row.updated_at or datetime.now(UTC)
+    for other in (ocsp._state("revoked", "keyCompromise", when, None, when),
+                  ocsp._state("revoked", "keyCompromise", when, when - timedelta(days=1), when),
+                  ocsp._state(None, None, None, None, None)):
+        assert not responder._asserts(row.der, serial, other, row)
+    later = row._replace(produced_at=row.produced_at + timedelta(seconds=1))
+    assert not responder._asserts(row.der, serial, state, later)  # the row's times, too
+    other_serial = format(int(serial, 16) + 1, "x")
+    assert not responder._asserts(row.der, other_serial, state, row)
+    assert not responder._asserts(ocsp.TRY_LATER.der, serial, state, row)
