@@ -13,7 +13,7 @@ keyCompromise ones) in the same run, taking turns round by round:
 
 The token, database and openssl CA live in a temporary directory.
 
-    .venv/bin/python bench/crl.py [--entries 100000] [--rounds 5] [--json]
+    .venv/bin/python bench/crl.py [--entries 100000] [--rounds 5] [--json] [--quick]
 """
 
 from __future__ import annotations
@@ -21,33 +21,35 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import secrets
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import cryptography
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from harness import (
+    environment,
+    logger,
+    markdown_table,
+    run_rounds,
+    scratch_token,
+    self_signed,
+    write_key_and_certificate,
+)
 from sqlalchemy import insert
 
 from ca import crl
 from ca.models import Certificate, serial_hex
 from ca.store import Store, upgrade
-from hsm import softhsm
 from hsm.api import KeyAlgorithm
 from hsm.keys import private_key
-from hsm.pkcs11 import Pkcs11KeyManager
 
 ISSUER = "bench-ca"
 PEERS = ("publish", "build_crl", "cryptography", "openssl")
@@ -74,24 +76,13 @@ authorityKeyIdentifier = keyid:always
 
 
 def ca_certificate(key: Any, name: str) -> x509.Certificate:
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-        .sign(key, hashes.SHA256())
-    )
+    cert: x509.Certificate = self_signed(key, name, days=3650, not_before=dt.timedelta(days=1),
+                                         extensions=[
+        (x509.BasicConstraints(ca=True, path_length=None), True),
+        (x509.KeyUsage(False, False, False, False, False, True, True, False, False), True),
+        (x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False),
+    ])
+    return cert
 
 
 def make_entries(count: int) -> list[crl.Revoked]:
@@ -141,14 +132,7 @@ def write_openssl_ca(directory: Path, entries: Sequence[crl.Revoked]) -> tuple[P
     """An ``openssl ca`` directory with the same revoked entries in index.txt."""
     key = ec.generate_private_key(ec.SECP256R1())
     cert = ca_certificate(key, "bench openssl CA")
-    (directory / "key.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    (directory / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_key_and_certificate(key, cert, directory / "key.pem", directory / "ca.pem")
     expiry = (dt.datetime.now(dt.UTC) + dt.timedelta(days=365)).strftime("%y%m%d%H%M%SZ")
     lines = []
     for e in entries:
@@ -198,51 +182,22 @@ def cryptography_crl(cert: x509.Certificate, key: Any, entries: Sequence[crl.Rev
     return built.public_bytes(serialization.Encoding.DER)
 
 
-def timed(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def environment(args: argparse.Namespace) -> dict[str, Any]:
-    openssl = subprocess.run(["openssl", "version"], capture_output=True, text=True, check=False)
-    util = shutil.which("softhsm2-util")
-    softhsm_version = (
-        subprocess.run([util, "--version"], capture_output=True, text=True, check=False)
-        .stdout.strip() if util else "unknown"
-    )
-    return {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-        else os.cpu_count(),
-        "cpu": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "cryptography": cryptography.__version__,
-        "openssl": openssl.stdout.strip(),
-        "softhsm": softhsm_version,
-        "entries": args.entries,
-        "rounds": args.rounds,
-    }
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--entries", type=int, default=100_000, help="revoked entries (100000)")
     p.add_argument("--rounds", type=int, default=5, help="rounds; medians reported (5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--quick", action="store_true", help="a smoke run: --entries 1000 --rounds 2")
     args = p.parse_args(argv)
+    if args.quick:
+        args.entries, args.rounds = 1000, 2
     if args.entries < 1 or args.rounds < 1:
         p.error("--entries and --rounds must be positive")
-    log = (lambda s: print(s, file=sys.stderr)) if args.json else print
+    log = logger(args.json)
 
     with tempfile.TemporaryDirectory(prefix="kakuin-bench-crl-") as tmp:
         directory = Path(tmp)
-        conf = softhsm.write_config(directory)
-        softhsm.activate(conf)  # before the PKCS#11 module is first loaded in this process
-        pin = secrets.token_urlsafe(12)
-        softhsm.init_token(conf, "bench-crl", secrets.token_urlsafe(12), pin)
-        manager = Pkcs11KeyManager(softhsm.find_module(), "bench-crl", pin)
+        manager, _module, _pin = scratch_token(directory, "bench-crl")
         try:
             key = private_key(manager, manager.generate(KeyAlgorithm.ECDSA_P256, "bench-ca"))
             assert isinstance(key, ec.EllipticCurvePrivateKey)
@@ -284,20 +239,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                             if isinstance(x.value, x509.InvalidityDate))
                 assert dated == sum(1 for e in entries if e.invalidity_date), dated
 
-            seconds: dict[str, list[float]] = {peer: [] for peer in PEERS}
-            for r in range(args.rounds):
-                order = PEERS if r % 2 == 0 else tuple(reversed(PEERS))
-                for peer in order:
-                    seconds[peer].append(timed(peers[peer]))
-                times = "  ".join(f"{peer} {seconds[peer][-1]:.3f}s" for peer in PEERS)
-                log(f"round {r + 1}: {times}")
+            # One CRL per peer and round; the round's rate is 1 / its seconds.
+            stats, _ = run_rounds(peers, args.rounds, args.rounds, log, warmup=0)
+            seconds = {peer: stats[peer].seconds for peer in PEERS}
             store.dispose(close=True)
         finally:
             manager.close()
 
     median = {peer: statistics.median(v) for peer, v in seconds.items()}
     result: dict[str, Any] = {
-        "environment": environment(args),
+        "environment": environment(
+            packages=("cryptography",), tools={"openssl": ["openssl", "version"],
+                                               "softhsm": ["softhsm2-util", "--version"]},
+            entries=args.entries, rounds=args.rounds),
         "crl_bytes": len(published.der),
         "seconds_median": {k: round(v, 3) for k, v in median.items()},
         "seconds_by_round": {k: [round(x, 3) for x in v] for k, v in seconds.items()},
@@ -311,11 +265,10 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"cryptography {env['cryptography']}  {env['openssl']}  {env['softhsm']}")
     print(f"{args.entries:,} entries, CRL {len(published.der):,} bytes DER, "
           f"median of {args.rounds} rounds")
-    print("| peer | seconds | / openssl | min-max |")
-    print("|:--|--:|--:|:--|")
-    for peer in PEERS:
-        print(f"| {peer} | {median[peer]:.3f} | {median[peer] / median['openssl']:.2f} | "
-              f"{min(seconds[peer]):.3f}-{max(seconds[peer]):.3f} |")
+    print(markdown_table(("peer", "seconds", "/ openssl", "min-max"), [
+        (peer, f"{median[peer]:.3f}", f"{median[peer] / median['openssl']:.2f}",
+         f"{min(seconds[peer]):.3f}-{max(seconds[peer]):.3f}") for peer in PEERS
+    ], left=(0, 3)))
     return 0
 
 

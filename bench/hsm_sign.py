@@ -21,15 +21,11 @@ of the same run. The token is a throwaway SoftHSM token in a temporary directory
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import hashlib
 import json
 import os
 import platform
-import secrets
-import shutil
 import ssl
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,16 +35,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cryptography
 import pkcs11
 from cryptography.hazmat.backends.openssl.backend import backend as openssl_backend
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from harness import environment, markdown_table, print_environment, scratch_token
 from pkcs11 import Mechanism, ObjectClass
 from pkcs11 import exceptions as p11x
 
-from hsm import softhsm
 from hsm.api import KeyAlgorithm, KeyRef, SignScheme
 from hsm.pkcs11 import Pkcs11KeyManager
 
@@ -238,14 +233,6 @@ def run_cell(
 # -- environment -------------------------------------------------------------------------------
 
 
-def softhsm_version() -> str:
-    util = shutil.which("softhsm2-util")
-    if util is None:
-        return "unknown"
-    out = subprocess.run([util, "--version"], capture_output=True, text=True, check=False)
-    return out.stdout.strip() or "unknown"
-
-
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -256,31 +243,17 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def environment(args: argparse.Namespace) -> dict[str, Any]:
-    try:
-        from importlib.metadata import version
-
-        p11_version = version("python-pkcs11")
-    except Exception:
-        p11_version = "unknown"
-    return {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "nproc": len(os.sched_getaffinity(0))
-        if hasattr(os, "sched_getaffinity")
-        else os.cpu_count(),
-        "cpu": cpu_model(),
-        "python": platform.python_version(),
-        "cryptography": cryptography.__version__,
-        "cryptography_openssl": openssl_backend.openssl_version_text(),
+def bench_environment(args: argparse.Namespace) -> dict[str, Any]:
+    return environment(
+        packages=("cryptography", "python-pkcs11"),
+        cpu=cpu_model(),
+        cryptography_openssl=openssl_backend.openssl_version_text(),
         # The system libcrypto, which python's ssl and SoftHSM (libcrypto.so.3) both load.
-        "system_openssl": ssl.OPENSSL_VERSION,
-        "python-pkcs11": p11_version,
-        "softhsm": softhsm_version(),
-        "seconds_per_cell": args.seconds,
-        "rounds": args.rounds,
-        "message_bytes": MESSAGE_SIZE,
-    }
+        system_openssl=ssl.OPENSSL_VERSION,
+        seconds_per_cell=args.seconds,
+        rounds=args.rounds,
+        message_bytes=MESSAGE_SIZE,
+    )
 
 
 # -- output ------------------------------------------------------------------------------------
@@ -310,27 +283,7 @@ def table(cells: Sequence[Cell]) -> str:
         )
         for c in cells
     ]
-    widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
-
-    def line(cols: Sequence[str]) -> str:
-        return (
-            "| "
-            + " | ".join(
-                col.ljust(w) if i in (0, 7) else col.rjust(w)
-                for i, (col, w) in enumerate(zip(cols, widths, strict=True))
-            )
-            + " |"
-        )
-
-    sep = (
-        "|"
-        + "|".join(
-            "-" * (w + 1) + ":" if i not in (0, 7) else ":" + "-" * (w + 1)
-            for i, w in enumerate(widths)
-        )
-        + "|"
-    )
-    return "\n".join([line(head), sep, *(line(r) for r in rows)])
+    return markdown_table(head, rows, left=(0, 7))
 
 
 # -- main --------------------------------------------------------------------------------------
@@ -354,7 +307,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="comma-separated subset of " + ",".join(a.value for a in ALGORITHMS),
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run: --seconds 0.2 --rounds 2 --threads 1 --algorithms ECDSA-P256")
     args = p.parse_args(argv)
+    if args.quick:
+        args.seconds, args.rounds, args.threads = 0.2, 2, "1"
+        args.algorithms = KeyAlgorithm.ECDSA_P256.value
     args.thread_counts = [int(t) for t in args.threads.split(",") if t.strip()]
     args.algs = [KeyAlgorithm(a.strip()) for a in args.algorithms.split(",") if a.strip()]
     if (
@@ -382,17 +340,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(line: str) -> None:  # progress on stderr; stdout holds only the result
         print(line, file=sys.stderr, flush=True)
 
-    env = environment(args)
+    env = bench_environment(args)
     msg = os.urandom(MESSAGE_SIZE)
 
     with tempfile.TemporaryDirectory(prefix="kakuin-bench-") as tmp:
-        conf = softhsm.write_config(Path(tmp))
-        softhsm.activate(conf)  # before the PKCS#11 module is first loaded in this process
-        pin = secrets.token_urlsafe(12)
-        softhsm.init_token(conf, BENCH_LABEL, secrets.token_urlsafe(12), pin)
-        module = softhsm.find_module()
-
-        manager = Pkcs11KeyManager(module, BENCH_LABEL, pin)  # default: one session
+        manager, module, pin = scratch_token(Path(tmp), BENCH_LABEL)  # default: one session
         refs = {alg: manager.generate(alg, f"bench-{alg.value}") for alg in args.algs}
         session = open_raw_session(module, pin)
         cells: list[Cell] = []
@@ -437,19 +389,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(out, indent=2))
     else:
         print()
-        for k in (
-            "date",
-            "command",
-            "nproc",
-            "cpu",
-            "python",
-            "cryptography",
-            "cryptography_openssl",
-            "system_openssl",
-            "python-pkcs11",
-            "softhsm",
-        ):
-            print(f"{k}: {env[k]}")
+        print_environment(env, ("date", "command", "nproc", "cpu", "python", "cryptography",
+                                "cryptography_openssl", "system_openssl", "python-pkcs11",
+                                "softhsm"))
         print()
         print(table(cells))
     return 0

@@ -56,12 +56,10 @@ import functools
 import hashlib
 import json
 import os
-import platform
 import pstats
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -75,12 +73,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cryptography
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp as x509_ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from harness import environment, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 KAKUIN = Path(sys.executable).parent / "kakuin"
@@ -118,13 +116,6 @@ def isolate(argv: Sequence[str]) -> None:
     names = [line.split(":")[1].strip().split("@")[0] for line in links.splitlines() if line]
     if names != ["lo"]:
         raise SystemExit(f"not isolated: interfaces {names}")
-
-
-def free_port() -> int:  # nothing else runs in the namespace
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def wait_ready(target: Target, timeout: float = START_TIMEOUT) -> None:
@@ -757,39 +748,18 @@ class Cell:
         return int(sum(r[key] for r in self.runs))
 
 
-def environment() -> dict[str, Any]:
-    def version(cmd: list[str]) -> str:
-        try:
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-            return (out.stdout or out.stderr).strip().splitlines()[0]
-        except (OSError, IndexError):
-            return "?"
-
-    from importlib.metadata import version as dist
-
-    git = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                         capture_output=True, text=True).stdout.strip()
+def ocsp_environment() -> dict[str, Any]:
+    env = environment(
+        packages=("cryptography", "gunicorn", "flask", "sqlalchemy"),
+        tools={"openssl": ["openssl", "version"], "wrk": ["wrk", "--version"]},
+    )
     dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "ca", "kakuin"],
                            capture_output=True, text=True).stdout.strip()
-    cpu = "?"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "git": git + (" (dirty ca/ or kakuin/)" if dirty else ""),
-        "cpu": cpu,
-        "nproc": os.cpu_count(),
-        "loadavg": os.getloadavg(),
-        "python": platform.python_version(),
-        "cryptography": cryptography.__version__,
-        "gunicorn": dist("gunicorn"),
-        "flask": dist("flask"),
-        "sqlalchemy": dist("sqlalchemy"),
-        "openssl": version(["openssl", "version"]),
-        "wrk": version(["wrk", "--version"]).split(" [")[0],
-    }
+    env["git"] = env["git"].removesuffix(" (dirty tree)") + (
+        " (dirty ca/ or kakuin/)" if dirty else "")
+    env["wrk"] = env["wrk"].split(" [")[0]
+    env["loadavg"] = os.getloadavg()
+    return env
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -832,7 +802,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("wrk not found (Debian: apt-get install wrk)")
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else (
         lambda s: print(s, flush=True))
-    env = environment()
+    env = ocsp_environment()
     work = Path(tempfile.mkdtemp(prefix="bench-ocsp-"))
     home = work / "home"
     targets: dict[str, Target] = {}

@@ -26,46 +26,44 @@ hosted P-256 e-seal requested and approved over the real API. Records are ~1.4 K
 school data, distinct per seal. Every seal made is verified afterwards (``verify_jws``: the
 signature, x5c path to the root, sigTst token and its TSA path).
 
-    .venv/bin/python bench/seal_json.py [--count 300] [--batch 100] [--rounds 10] [--json]
+    .venv/bin/python bench/seal_json.py [--count 300] [--batch 100] [--rounds 10] [--json] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import hashlib
-import http.client
 import json
-import logging
 import os
-import platform
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import cryptography
 from flask import Flask, jsonify, request
+from harness import (
+    InProcessServer,
+    arguments,
+    bootstrap,
+    call,
+    environment,
+    hosted_seal,
+    logger,
+    markdown_table,
+    new_home,
+    open_home,
+    print_environment,
+    remove,
+    split,
+)
 
-from ca import clients, registry, status
+from ca import status
 from hsm.api import HashAlg, SignScheme
-from kakuin.app import create_app
-from kakuin.services import Services
-from kakuin.settings import load_settings
 from signing import jades
 from signing.tsa import ETSI_BTSP_POLICY, TimeStampAuthority, timestamp_token
 
-REPO = Path(__file__).resolve().parent.parent
-KAKUIN = Path(sys.executable).parent / "kakuin"
-BASE_URL = "http://pki.example.com"  # the ETSI lint refuses internal names in AIA/CDP URLs
-TIMEOUT = 60
 WARMUP = 5
 
 
@@ -138,36 +136,11 @@ def make_records(n: int, start: int = 0) -> list[bytes]:
 # -- HTTP ----------------------------------------------------------------------------------------
 
 
-class InProcessServer:
-    def __init__(self, app: Any) -> None:
-        from werkzeug.serving import make_server
-
-        self.server = make_server("127.0.0.1", 0, app, threaded=False)
-        self.port: int = self.server.server_port
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.thread.join()
-
-
 def post(port: int, path: str, body: bytes, ctype: str, token: str | None = None) -> bytes:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
-    try:
-        headers = {"Content-Type": ctype}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        conn.request("POST", path, body=body, headers=headers)
-        resp = conn.getresponse()
-        raw = resp.read()
-        if resp.status not in (200, 201):
-            raise RuntimeError(f"POST {path}: HTTP {resp.status}: {raw[:300]!r}")
-        return raw
-    finally:
-        conn.close()
+    status_, raw = call(port, "POST", path, token, body, ctype)
+    if status_ not in (200, 201):
+        raise RuntimeError(f"POST {path}: HTTP {status_}: {raw[:300]!r}")
+    return raw
 
 
 def bench_app(credential: status.Credential, keys: Any) -> Flask:
@@ -193,40 +166,6 @@ def bench_app(credential: status.Credential, keys: Any) -> Flask:
 # -- setup ---------------------------------------------------------------------------------------
 
 
-def _child_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KAKUIN_")}
-    env.pop("SOFTHSM2_CONF", None)
-    return env
-
-
-def hosted_eseal(svc: Services, kakuin_port: int) -> tuple[int, str]:
-    """A board, a school and its hosted P-256 e-seal, requested and approved over the API."""
-    with svc.store.session() as s:
-        board = registry.add_board(
-            s, name_ja="新宿区教育委員会", local_gov_code="131041", actor="bench"
-        )
-        school = registry.add_school(
-            s,
-            name_ja="新宿区立第一中学校",
-            school_code="C113210000010",
-            board_id=board.id,
-            actor="bench",
-        )
-        _, officer = clients.create_client(
-            s, organization_id=board.id, role="board-officer", name="officer", actor="bench"
-        )
-        _, system = clients.create_client(
-            s, organization_id=school.id, role="school-system", name="system", actor="bench"
-        )
-        school_id = school.id
-    body = json.dumps({"key": {"hosted": True, "algorithm": "ECDSA-P256"}}).encode()
-    req = json.loads(post(kakuin_port, "/api/v1/seal-requests", body, "application/json", system))
-    post(
-        kakuin_port, f"/api/v1/seal-requests/{req['id']}/approve", b"", "application/json", officer
-    )
-    return school_id, system
-
-
 def per_call_ms(fn: Callable[[], Any], n: int) -> float:
     fn()
     t0 = time.perf_counter()
@@ -239,14 +178,12 @@ def per_call_ms(fn: Callable[[], Any], n: int) -> float:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--count", type=int, default=300, help="records per single peer (300)")
+    p = arguments(__doc__, count=300, rounds=10, what="records per single peer")
     p.add_argument("--batch", type=int, default=100, help="records per batch (100)")
     p.add_argument("--batches", type=int, default=10, help="batches per batch peer (10)")
-    p.add_argument("--rounds", type=int, default=10, help="alternating rounds (10)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--keep", action="store_true", help="keep the temporary home")
     args = p.parse_args(argv)
+    if args.quick:
+        args.count, args.batch, args.batches, args.rounds = 6, 10, 2, 2
     if args.count < args.rounds or args.batches < args.rounds or args.rounds < 1:
         p.error("--count and --batches must be >= --rounds >= 1")
     if args.batch < 1 or args.batch > jades.MAX_BATCH:
@@ -254,47 +191,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def split(total: int, rounds: int) -> list[int]:
-    return [total // rounds + (1 if r < total % rounds else 0) for r in range(rounds)]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    log: Callable[[str], None] = (
-        (lambda s: print(s, file=sys.stderr, flush=True))
-        if args.json
-        else (lambda s: print(s, flush=True))
-    )
-    os.environ.pop("KAKUIN_HSM_PIN", None)
+    log = logger(args.json)
     load_at_start = os.getloadavg()
-    tmp = Path(tempfile.mkdtemp(prefix="kakuin-bench-seal-json-"))
-    home = tmp / "home"
-    home.mkdir(mode=0o700)
-    (home / "kakuin.toml").write_text(f'[server]\nbase_url = "{BASE_URL}"\n')
-    svc: Services | None = None
+    tmp, home = new_home("seal-json", log)
+    svc: Any = None
     servers: list[InProcessServer] = []
     try:
-        log(f"key ceremony: kakuin --home {home} init")
-        done = subprocess.run(
-            [str(KAKUIN), "--home", str(home), "init"],
-            capture_output=True,
-            text=True,
-            env=_child_env(),
-            check=False,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"kakuin init failed:\n{done.stdout}{done.stderr}")
-        settings = load_settings(home)
-        svc = Services.build(settings)
-        kakuin_app = create_app(settings, svc)
-        request_log = (home / "requests.log").open("a")
-        for h in logging.getLogger().handlers:
-            if isinstance(h, logging.StreamHandler):
-                h.setStream(request_log)
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        _settings, svc, kakuin_app = open_home(home)
         kakuin_server = InProcessServer(kakuin_app)
         servers.append(kakuin_server)
-        school_id, school_token = hosted_eseal(svc, kakuin_server.port)
+        tokens = bootstrap(svc)
+        hosted_seal(kakuin_server.port, tokens)
+        school_id, school_token = tokens.school_id, tokens.school
         keys = svc.keys
         credential = status.seal_credential(svc.store, school_id)
         ref = keys.find(key_id=credential.key_id)
@@ -443,14 +353,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             ),
         }
     finally:
-        for s in servers:
-            s.stop()
+        for srv in servers:
+            srv.close()
         if svc is not None:
             svc.close()
-        if args.keep:
-            log(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        remove(tmp, args.keep, log)
 
     def rate(p: str) -> float:
         return peers[p].per_s
@@ -489,7 +396,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ratios[f"{a}_over_{b}_by_round".replace("-", "_")] = by_round(a, b)
     if api_wired:
         ratios["http_api_over_http_trivial_by_round"] = by_round("http-api", "http-trivial")
-    env = environment(args, load_at_start, api_wired, checked)
+    env = environment(
+        load_at_start, packages=("cryptography", "flask", "werkzeug"),
+        tools={"openssl": ["openssl", "version"], "softhsm": ["softhsm2-util", "--version"]},
+        count=args.count, batch=args.batch, batches=args.batches, rounds=args.rounds,
+        real_endpoint_measured=api_wired, seals_verified=checked,
+    )
     if args.json:
         print(
             json.dumps(
@@ -505,8 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 0
     print()
-    for k, v in env.items():
-        print(f"{k}: {v}")
+    print_environment(env)
     print()
     print(table(peers))
     print()
@@ -515,88 +426,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def environment(
-    args: argparse.Namespace, load_at_start: Sequence[float], api_wired: bool, checked: int
-) -> dict[str, Any]:
-    from importlib.metadata import version
-
-    def v(name: str) -> str:
-        try:
-            return version(name)
-        except Exception:
-            return "unknown"
-
-    def first_line(cmd: Sequence[str]) -> str:
-        if shutil.which(cmd[0]) is None:
-            return "unknown"
-        out = subprocess.run(list(cmd), capture_output=True, text=True, check=False)
-        lines = (out.stdout or out.stderr).strip().splitlines()
-        return lines[0] if lines else "unknown"
-
-    head = first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
-    dirty = subprocess.run(
-        ["git", "-C", str(REPO), "status", "--porcelain"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    return {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "command": " ".join([".venv/bin/python", *sys.argv]),
-        "git": head + (" (dirty tree)" if dirty else ""),
-        "nproc": len(os.sched_getaffinity(0))
-        if hasattr(os, "sched_getaffinity")
-        else os.cpu_count(),
-        "python": platform.python_version(),
-        "cryptography": cryptography.__version__,
-        "flask": v("flask"),
-        "werkzeug": v("werkzeug"),
-        "openssl": first_line(["openssl", "version"]),
-        "softhsm": first_line(["softhsm2-util", "--version"]),
-        "loadavg_at_start": [round(x, 2) for x in load_at_start],
-        "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
-        "count": args.count,
-        "batch": args.batch,
-        "batches": args.batches,
-        "rounds": args.rounds,
-        "real_endpoint_measured": api_wired,
-        "seals_verified": checked,
-    }
-
-
 def table(peers: dict[str, Peer]) -> str:
     head = ("peer", "records", "records/s", "ms/record", "records/s by round (min-max)")
     rows = [
-        (
-            p.name,
-            str(p.records),
-            f"{p.per_s:.1f}",
-            f"{p.ms:.3f}",
-            f"{min(p.by_round):.0f}-{max(p.by_round):.0f}",
-        )
+        (p.name, str(p.records), f"{p.per_s:.1f}", f"{p.ms:.3f}",
+         f"{min(p.by_round):.0f}-{max(p.by_round):.0f}")
         for p in peers.values()
     ]
-    widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
-
-    def line(cols: Sequence[str]) -> str:
-        return (
-            "| "
-            + " | ".join(
-                c.ljust(w) if i in (0, 4) else c.rjust(w)
-                for i, (c, w) in enumerate(zip(cols, widths, strict=True))
-            )
-            + " |"
-        )
-
-    sep = (
-        "|"
-        + "|".join(
-            (":" + "-" * (w + 1)) if i in (0, 4) else ("-" * (w + 1) + ":")
-            for i, w in enumerate(widths)
-        )
-        + "|"
-    )
-    return "\n".join([line(head), sep, *(line(r) for r in rows)])
+    return markdown_table(head, rows, left=(0, 4))
 
 
 if __name__ == "__main__":

@@ -30,36 +30,50 @@ Setup (untimed): a temporary home and the real key ceremony (``kakuin --home <tm
 subprocess; never ./var), a throwaway openssl TSA certificate, all queries. Every answer is
 checked (granted, nonce echoed, imprint); a sample is verified with ``openssl ts -verify``.
 
-    .venv/bin/python bench/tsa.py [--count 300] [--rounds 10] [--json] [--keep]
+    .venv/bin/python bench/tsa.py [--count 300] [--rounds 10] [--json] [--keep] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import hashlib
 import http.client
 import json
 import os
-import platform
 import secrets
-import shutil
-import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from asn1crypto import cms, tsp
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from harness import (
+    REPO,
+    TIMEOUT,
+    Stats,
+    arguments,
+    child_env,
+    environment,
+    finish_arguments,
+    free_port,
+    logger,
+    new_home,
+    remove,
+    run_rounds,
+    self_signed,
+    start_serve,
+    stop,
+    wait_healthy,
+    write_key_and_certificate,
+)
 from sqlalchemy import event
 
 from ca.store import Store
@@ -73,12 +87,8 @@ from signing.tsa import (
     TimeStampResponse,
 )
 
-REPO = Path(__file__).resolve().parent.parent
-KAKUIN = Path(sys.executable).parent / "kakuin"
-BASE_URL = "http://pki.example.com"  # as bench/issue.py: the ceremony's lint wants a public host
 PEERS = ("kakuin-http", "kakuin-respond", "respond-nosync", "http-floor", "openssl")
 WARMUP = 5
-TIMEOUT = 60
 
 TS_CNF = """\
 [ tsa ]
@@ -96,28 +106,6 @@ tsa_name = yes
 ess_cert_id_chain = no
 ess_cert_id_alg = sha256
 """
-
-
-@dataclass
-class Peer:
-    name: str
-    seconds: list[float] = field(default_factory=list)  # per token
-    by_round: list[float] = field(default_factory=list)  # tokens/s in each round
-
-    @property
-    def per_s(self) -> float:
-        return len(self.seconds) / sum(self.seconds)
-
-    def summary(self) -> dict[str, Any]:
-        ordered = sorted(self.seconds)
-        return {
-            "tokens": len(self.seconds),
-            "tokens_per_s": round(self.per_s, 1),
-            "ms_mean": round(1000 * statistics.fmean(self.seconds), 2),
-            "ms_median": round(1000 * statistics.median(self.seconds), 2),
-            "ms_p95": round(1000 * ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 2),
-            "tokens_per_s_by_round": [round(x, 1) for x in self.by_round],
-        }
 
 
 # -- queries and checks ------------------------------------------------------------------------
@@ -202,35 +190,13 @@ def openssl_verify(response: bytes, query: Query, ca_file: Path, work: Path) -> 
 def make_openssl_tsa(directory: Path) -> tuple[Path, Path, Path]:
     """A self-signed P-256 TSA certificate (critical EKU timeStamping), key in a file."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "openssl bench TSA")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, False, False, False, False, False, False, False),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.TIME_STAMPING]), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    cert = self_signed(key, "openssl bench TSA", days=30, extensions=[
+        (x509.BasicConstraints(ca=False, path_length=None), True),
+        (x509.KeyUsage(True, False, False, False, False, False, False, False, False), True),
+        (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.TIME_STAMPING]), True),
+    ])
     key_path, cert_path, cnf = directory / "tsa.key", directory / "tsa.pem", directory / "ts.cnf"
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_key_and_certificate(key, cert, key_path, cert_path)
     (directory / "tsaserial").write_text("01\n")
     cnf.write_text(TS_CNF.format(dir=directory, policy=ETSI_BTSP_POLICY))
     return key_path, cert_path, cnf
@@ -276,59 +242,6 @@ def post(port: int, body: bytes) -> bytes:
         conn.close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _child_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KAKUIN_")}
-    env.pop("SOFTHSM2_CONF", None)
-    return env
-
-
-def start_gunicorn(home: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    cmd = [
-        str(KAKUIN),
-        "--home",
-        str(home),
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    return _wait_healthy(cmd, port, _child_env(), log), port
-
-
-def _wait_healthy(
-    cmd: list[str], port: int, env: dict[str, str], log: Path
-) -> subprocess.Popen[bytes]:
-    with log.open("ab") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=fh, env=env)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{cmd[0]} exited with {proc.returncode}; see {log}")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            conn.request("GET", "/healthz")
-            ok = conn.getresponse().status == 200
-            conn.close()
-            if ok:
-                return proc
-        except OSError:
-            pass
-        time.sleep(0.2)
-    proc.terminate()
-    raise RuntimeError(f"{cmd[0]} did not become healthy; see {log}")
-
-
 def fallback_app() -> Any:
     """The stand-in for signing/api.py's route (``gunicorn 'bench.tsa:fallback_app()'``):
     Flask, one call to ``respond``, the reply content type. Home from ``BENCH_TSA_HOME``."""
@@ -352,7 +265,8 @@ def fallback_app() -> Any:
 
 def start_fallback(home: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    env = {**_child_env(), "BENCH_TSA_HOME": str(home), "PYTHONPATH": str(REPO)}
+    env = {**child_env(), "BENCH_TSA_HOME": str(home),
+           "PYTHONPATH": os.pathsep.join((str(REPO), str(REPO / "bench")))}
     cmd = [
         str(Path(sys.executable).parent / "gunicorn"),
         "--workers",
@@ -363,7 +277,10 @@ def start_fallback(home: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]
         str(REPO),
         "bench.tsa:fallback_app()",
     ]
-    return _wait_healthy(cmd, port, env, log), port
+    with log.open("ab") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=fh, env=env)
+    wait_healthy(proc, port, log)
+    return proc, port
 
 
 def serve_has_tsa(port: int, query: Query) -> bool:
@@ -415,7 +332,7 @@ def instrument(keys: Any) -> tuple[Timed, Timed]:
     return record, sign
 
 
-def breakdown(peer: Peer, record: Timed, sign: Timed) -> dict[str, float]:
+def breakdown(peer: Stats, record: Timed, sign: Timed) -> dict[str, float]:
     """Mean ms per token in the database insert, the HSM signature and everything else."""
     n, total = len(peer.seconds), sum(peer.seconds)
     db, hsm = record.totals.get(peer.name, 0.0), sign.totals.get(peer.name, 0.0)
@@ -427,100 +344,26 @@ def breakdown(peer: Peer, record: Timed, sign: Timed) -> dict[str, float]:
     }
 
 
-# -- environment -------------------------------------------------------------------------------
-
-
-def _version(cmd: Sequence[str]) -> str:
-    if shutil.which(cmd[0]) is None:
-        return "unknown"
-    out = subprocess.run(list(cmd), capture_output=True, text=True, check=False)
-    lines = (out.stdout or out.stderr).strip().splitlines()
-    return lines[0] if lines else "unknown"
-
-
-def environment(args: argparse.Namespace, http_kind: str, load0: Sequence[float]) -> dict[str, Any]:
-    import sqlite3
-    from importlib.metadata import version
-
-    head = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "-C", str(REPO), "status", "--porcelain"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    return {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "command": " ".join([".venv/bin/python", *sys.argv]),
-        "git": head + (" (dirty tree)" if dirty else ""),
-        "kakuin_http": http_kind,
-        "nproc": len(os.sched_getaffinity(0)),
-        "python": platform.python_version(),
-        "asn1crypto": version("asn1crypto"),
-        "flask": version("flask"),
-        "werkzeug": version("werkzeug"),
-        "gunicorn": version("gunicorn"),
-        "sqlite": sqlite3.sqlite_version,
-        "openssl": _version(["openssl", "version"]),
-        "softhsm": _version(["softhsm2-util", "--version"]),
-        "loadavg_at_start": [round(x, 2) for x in load0],
-        "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
-        "count_per_peer": args.count,
-        "rounds": args.rounds,
-    }
-
-
 # -- main --------------------------------------------------------------------------------------
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--count", type=int, default=300, help="tokens per peer (default 300)")
-    p.add_argument(
-        "--rounds",
-        type=int,
-        default=10,
-        help="alternating rounds the count is split into (default 10)",
-    )
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    args = p.parse_args(argv)
-    if not 1 <= args.rounds <= args.count <= 5000:
-        p.error("need 1 <= --rounds <= --count <= 5000")
-    return args
+    p = arguments(__doc__, count=300, rounds=10, what="tokens")
+    return finish_arguments(p, p.parse_args(argv))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    log: Callable[[str], None] = (
-        (lambda s: print(s, file=sys.stderr, flush=True))
-        if args.json
-        else (lambda s: print(s, flush=True))
-    )
+    log = logger(args.json)
     os.environ.pop("KAKUIN_HSM_PIN", None)
     load0 = os.getloadavg()
-    tmp = Path(tempfile.mkdtemp(prefix="kakuin-bench-tsa-"))
-    home = tmp / "home"
-    home.mkdir(mode=0o700)
-    (home / "kakuin.toml").write_text(f'[server]\nbase_url = "{BASE_URL}"\n')
+    tmp, home = new_home("tsa", log)
     work = tmp / "work"
     work.mkdir()
     gunicorn: subprocess.Popen[bytes] | None = None
     svc: Services | None = None
     nosync_store: Store | None = None
     try:
-        log(f"key ceremony: kakuin --home {home} init")
-        subprocess.run(
-            [str(KAKUIN), "--home", str(home), "init"],
-            check=True,
-            capture_output=True,
-            env=_child_env(),
-        )
         per_peer = args.count + WARMUP
         queries = make_queries(len(PEERS) * per_peer + 1, tmp / "queries")
         pools = {p: queries[i * per_peer : (i + 1) * per_peer] for i, p in enumerate(PEERS)}
@@ -533,12 +376,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         event.listen(nosync_store.engine, "connect", _synchronous_normal)
         nosync = TimeStampAuthority(nosync_store, svc.keys, policy_oid=ETSI_BTSP_POLICY)
 
-        gunicorn, port = start_gunicorn(home, tmp / "serve.log")
+        gunicorn, port = start_serve(home, tmp / "serve.log")
         if serve_has_tsa(port, extra[0]):
             http_kind = "kakuin serve --workers 1 (gunicorn), POST /tsa of signing/api.py"
         else:
-            gunicorn.terminate()
-            gunicorn.wait(timeout=30)
+            stop(gunicorn)
             gunicorn = None
             gunicorn, port = start_fallback(home, tmp / "fallback.log")
             http_kind = (
@@ -547,27 +389,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         log(f"kakuin-http: {http_kind}")
 
-        def run_http(q: Query) -> bytes:
-            return post(port, q.der)
-
-        def run_respond(q: Query) -> bytes:
-            return authority.respond(q.der)
-
-        def run_nosync(q: Query) -> bytes:
-            return nosync.respond(q.der)
-
-        def run_floor(q: Query) -> bytes:
-            return post(port, b"")
-
-        def run_openssl(q: Query) -> bytes:
-            return openssl_reply(q, ossl_key, ossl_cert, ossl_cnf, work / "r.tsr")
-
         runners: dict[str, Callable[[Query], bytes]] = {
-            "kakuin-http": run_http,
-            "kakuin-respond": run_respond,
-            "respond-nosync": run_nosync,
-            "http-floor": run_floor,
-            "openssl": run_openssl,
+            "kakuin-http": lambda q: post(port, q.der),
+            "kakuin-respond": lambda q: authority.respond(q.der),
+            "respond-nosync": lambda q: nosync.respond(q.der),
+            "http-floor": lambda q: post(port, b""),
+            "openssl": lambda q: openssl_reply(q, ossl_key, ossl_cert, ossl_cnf, work / "r.tsr"),
         }
         checks: dict[str, Callable[[bytes, Query], None]] = {
             name: check_rejected if name == "http-floor" else check for name in PEERS
@@ -586,46 +413,46 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if name in ca_files:
                     openssl_verify(der, q, ca_files[name], work)
 
-        peers = {name: Peer(name) for name in PEERS}
         record, sign = instrument(svc.keys)
-        sizes = [
-            args.count // args.rounds + (r < args.count % args.rounds) for r in range(args.rounds)
-        ]
-        offsets = {name: WARMUP for name in PEERS}
-        for r, size in enumerate(sizes):
-            order = list(PEERS) if r % 2 == 0 else list(reversed(PEERS))
-            for name in order:
-                peer, run, ok = peers[name], runners[name], checks[name]
-                batch = pools[name][offsets[name] : offsets[name] + size]
-                offsets[name] += size
-                Timed.label = name
-                start = time.perf_counter()
-                for q in batch:
-                    t = time.perf_counter()
-                    der = run(q)
-                    peer.seconds.append(time.perf_counter() - t)
-                    ok(der, q)
-                peer.by_round.append(size / (time.perf_counter() - start))
-                Timed.label = None
-            log(
-                f"round {r + 1}/{args.rounds}: "
-                + ", ".join(f"{n} {peers[n].by_round[-1]:.1f}/s" for n in PEERS)
-            )
+        offsets = dict.fromkeys(PEERS, WARMUP)
 
+        def timed_peer(name: str) -> Callable[[], bytes]:
+            """The next query of this peer's pool; every answer checked; time attributed."""
+            def one() -> bytes:
+                q = pools[name][offsets[name]]
+                offsets[name] += 1
+                Timed.label = name
+                try:
+                    der = runners[name](q)
+                finally:
+                    Timed.label = None
+                checks[name](der, q)
+                return der
+            return one
+
+        stats, _ = run_rounds({name: timed_peer(name) for name in PEERS}, args.count,
+                              args.rounds, log, warmup=0)
+
+        env = environment(
+            load0, packages=("asn1crypto", "flask", "werkzeug", "gunicorn"),
+            tools={"openssl": ["openssl", "version"], "softhsm": ["softhsm2-util", "--version"]},
+            kakuin_http=http_kind, sqlite=sqlite3.sqlite_version, count_per_peer=args.count,
+            rounds=args.rounds,
+        )
         result = {
-            "environment": environment(args, http_kind, load0),
-            "peers": {name: p.summary() for name, p in peers.items()},
+            "environment": env,
+            "peers": {name: p.summary("tokens") for name, p in stats.items()},
             "ratios": {
-                "http_over_openssl": round(peers["kakuin-http"].per_s / peers["openssl"].per_s, 2),
+                "http_over_openssl": round(stats["kakuin-http"].per_s / stats["openssl"].per_s, 2),
                 "respond_over_openssl": round(
-                    peers["kakuin-respond"].per_s / peers["openssl"].per_s, 2
+                    stats["kakuin-respond"].per_s / stats["openssl"].per_s, 2
                 ),
                 "nosync_over_openssl": round(
-                    peers["respond-nosync"].per_s / peers["openssl"].per_s, 2
+                    stats["respond-nosync"].per_s / stats["openssl"].per_s, 2
                 ),
                 "http_over_openssl_medians": round(
-                    statistics.median(peers["openssl"].seconds)
-                    / statistics.median(peers["kakuin-http"].seconds),
+                    statistics.median(stats["openssl"].seconds)
+                    / statistics.median(stats["kakuin-http"].seconds),
                     2,
                 ),
                 # Rounds are paired in time, so a per-round ratio cancels most load swings.
@@ -633,14 +460,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     statistics.median(
                         a / b
                         for a, b in zip(
-                            peers["kakuin-http"].by_round, peers["openssl"].by_round, strict=True
+                            stats["kakuin-http"].by_round, stats["openssl"].by_round, strict=True
                         )
                     ),
                     2,
                 ),
             },
             "breakdown_ms_per_token": {
-                name: breakdown(peers[name], record, sign)
+                name: breakdown(stats[name], record, sign)
                 for name in ("kakuin-respond", "respond-nosync")
             },
         }
@@ -650,20 +477,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print_table(result)
         return 0
     finally:
-        if gunicorn is not None:
-            gunicorn.terminate()
-            try:
-                gunicorn.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                gunicorn.kill()
+        stop(gunicorn)
         if svc is not None:
             svc.store.dispose(close=True)
         if nosync_store is not None:
             nosync_store.dispose(close=True)
-        if args.keep:
-            log(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        remove(tmp, args.keep, log)
 
 
 def print_table(result: dict[str, Any]) -> None:
@@ -680,7 +499,7 @@ def print_table(result: dict[str, Any]) -> None:
     print("|:---------------|-------:|---------:|--------:|----------:|-------:|")
     for name, p in result["peers"].items():
         print(
-            f"| {name:<14} | {p['tokens']:>6} | {p['tokens_per_s']:>8.1f} | "
+            f"| {name:<14} | {p['tokens']:>6} | {p['per_s']:>8.1f} | "
             f"{p['ms_mean']:>7.2f} | {p['ms_median']:>9.2f} | {p['ms_p95']:>6.2f} |"
         )
     r = result["ratios"]

@@ -3,7 +3,7 @@
 The profile (config/profiles/eseal.toml) says what to assert; this module turns it and the
 organization's identity into the subject name and the QCStatements extension that
 ``ca.issuer.build`` adds to the usual RFC 5280 extensions. cryptography has no QCStatements
-builder, so the extension is DER-encoded here with asn1crypto.
+builder, so the extension is DER-encoded here with pyHanko's asn1crypto schema.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
+from pyhanko.sign.ades import qualified_asn1
 
 from ca.errors import CAError
 from ca.profiles import Profile, ProfileError
@@ -46,14 +47,6 @@ class EsealError(CAError):
     title = "E-seal certificate data invalid"
 
 
-class _QcType(core.SequenceOf):
-    _child_spec = core.ObjectIdentifier
-
-
-class _QcCClegislation(core.SequenceOf):
-    _child_spec = core.PrintableString
-
-
 class _NameRegistrationAuthorities(core.SequenceOf):
     _child_spec = asn1_x509.GeneralName
 
@@ -65,30 +58,25 @@ class _SemanticsInformation(core.Sequence):
     ]
 
 
-class _QcStatementId(core.ObjectIdentifier):
-    _map: ClassVar = {
-        PKIX_QC_SYNTAX_V2: "pkix_qc_syntax_v2",
-        QC_COMPLIANCE: "qc_compliance",
-        QC_TYPE: "qc_type",
-        QC_CC_LEGISLATION: "qc_cc_legislation",
-    }
+class _QcStatementId(qualified_asn1.QcStatementId):
+    _map: ClassVar = {**qualified_asn1.QcStatementId._map, PKIX_QC_SYNTAX_V2: "pkix_qc_syntax_v2"}
 
 
-class _QcStatement(core.Sequence):
+class _QcStatement(qualified_asn1.QcStatement):
     _fields: ClassVar = [
         ("statement_id", _QcStatementId),
         ("statement_info", core.Any, {"optional": True}),
     ]
-    _oid_pair = ("statement_id", "statement_info")
     _oid_specs: ClassVar = {
+        **qualified_asn1.QcStatement._oid_specs,
         "pkix_qc_syntax_v2": _SemanticsInformation,
-        "qc_type": _QcType,
-        "qc_cc_legislation": _QcCClegislation,
     }
 
 
-class QcStatements(core.SequenceOf):
-    """RFC 3739 QCStatements; also used by tests to decode what was issued."""
+class QcStatements(qualified_asn1.QcStatements):
+    """pyHanko's RFC 3739 / EN 319 412-5 QCStatements, plus the RFC 3739 semantics statement
+    (EN 319 412-1 legal-person semantics) pyHanko's schema does not name; also used by tests
+    to decode what was issued."""
 
     _child_spec = _QcStatement
 
@@ -201,11 +189,16 @@ def qc_statements(profile: Profile, *, organization_identifier: str | None) -> b
         statements.append(
             {
                 "statement_id": "qc_cc_legislation",
-                "statement_info": _QcCClegislation(list(settings.legislation)),
+                "statement_info": qualified_asn1.QcCCLegislationCountryCodes(
+                    list(settings.legislation)
+                ),
             }
         )
     statements.append(
-        {"statement_id": "qc_type", "statement_info": _QcType([QC_TYPES[settings.qc_type]])}
+        {
+            "statement_id": "qc_type",
+            "statement_info": qualified_asn1.QcCertificateType([QC_TYPES[settings.qc_type]]),
+        }
     )
     if follows_en_319_412_1(organization_identifier):
         assert organization_identifier is not None

@@ -14,6 +14,17 @@ from typing import Any
 from kakuin.console.config import ConsoleSettings, ConsoleSettingsError, console_settings
 
 REPO_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+# A wheel carries config/ here (setup.py copies it at build time); a checkout has no copy.
+PACKAGED_CONFIG_DIR = Path(__file__).resolve().parent / "_config"
+
+
+def default_config_dir() -> Path:
+    """``$KAKUIN_CONFIG_DIR``, else the wheel's copy of config/, else the checkout's config/."""
+    if os.environ.get("KAKUIN_CONFIG_DIR"):
+        return Path(os.environ["KAKUIN_CONFIG_DIR"]).resolve()
+    if (PACKAGED_CONFIG_DIR / "kakuin.toml").exists():
+        return PACKAGED_CONFIG_DIR
+    return REPO_CONFIG_DIR
 
 
 class SettingsError(Exception):
@@ -228,7 +239,7 @@ def _choice(value: Any, allowed: tuple[str, ...], name: str) -> str:
 def load_settings(home: Path | str | None = None, **overrides: Any) -> Settings:
     """Build settings for ``home`` (default ``$KAKUIN_HOME`` or ``./var``)."""
     home_path = Path(home or os.environ.get("KAKUIN_HOME") or "var").resolve()
-    config_dir = Path(os.environ.get("KAKUIN_CONFIG_DIR") or REPO_CONFIG_DIR).resolve()
+    config_dir = default_config_dir()
     defaults = config_dir / "kakuin.toml"
     if not defaults.exists():
         raise SettingsError(f"default settings not found at {defaults} (set KAKUIN_CONFIG_DIR)")

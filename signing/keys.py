@@ -20,7 +20,7 @@ from collections import OrderedDict
 from typing import Any
 
 from asn1crypto import algos, cms, x509
-from asn1crypto.core import Integer
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from pyhanko.sign.general import as_signing_certificate_v2, simple_cms_attribute
 from pyhanko.sign.signers import Signer
 from pyhanko.sign.signers.pdf_cms import PdfCMSSignedAttributes
@@ -47,9 +47,8 @@ def _dummy_signature(algorithm: KeyAlgorithm) -> bytes:
     if algorithm.is_rsa:
         return b"\x00" * (algorithm.rsa_bits // 8)
     size = 32 if algorithm is KeyAlgorithm.ECDSA_P256 else 48
-    big = Integer(1 << (8 * size - 1)).dump()  # high bit set: a leading zero, longest form
-    body = big + big  # SEQUENCE { r, s }
-    return b"\x30" + (b"\x81" if len(body) > 127 else b"") + bytes([len(body)]) + body
+    big = 1 << (8 * size - 1)  # high bit set: a leading zero, the longest form
+    return encode_dss_signature(big, big)
 
 
 class HsmSigner(Signer):

@@ -29,6 +29,7 @@ from pyhanko.sign.timestamps import HTTPTimeStamper, TimeStamper
 
 from ca import status
 from hsm.api import HashAlg, KeyManager, KeyRef, SignScheme
+from hsm.der import generalized_time, integer, oid, tlv
 from hsm.errors import HsmError
 from signing.errors import SigningError
 
@@ -104,43 +105,15 @@ def _rejection(fail_info: str, text: str) -> bytes:
     ).dump()
 
 
-def _der_len(n: int) -> bytes:
-    if n < 0x80:
-        return bytes((n,))
-    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes((0x80 | len(body),)) + body
-
-
-def _tlv(tag: int, content: bytes) -> bytes:
-    return bytes((tag,)) + _der_len(len(content)) + content
-
-
-def _der_int(value: int) -> bytes:
-    size = ((value if value >= 0 else ~value).bit_length() + 8) // 8
-    return _tlv(0x02, value.to_bytes(size, "big", signed=True))
-
-
-def _der_time(value: datetime) -> bytes:
-    """GeneralizedTime as DER wants it: UTC, ``Z``, no trailing zeros in the fraction."""
-    text = value.strftime("%Y%m%d%H%M%S")
-    if value.microsecond:
-        text += f".{value.microsecond:06d}".rstrip("0")
-    return _tlv(0x18, text.encode("ascii") + b"Z")
-
-
-def _oid(dotted: str) -> bytes:
-    return bytes(core.ObjectIdentifier(dotted).dump())
-
-
-_OID_SIGNED_DATA = _oid("1.2.840.113549.1.7.2")
-_OID_TST_INFO = _oid("1.2.840.113549.1.9.16.1.4")
-_OID_MESSAGE_DIGEST = _oid("1.2.840.113549.1.9.4")
-_ATTR_CONTENT_TYPE = _tlv(0x30, _oid("1.2.840.113549.1.9.3") + _tlv(0x31, _OID_TST_INFO))
-_V1, _V3 = _der_int(1), _der_int(3)
-_GRANTED = _tlv(0x30, _der_int(0))
+_OID_SIGNED_DATA = oid("1.2.840.113549.1.7.2")
+_OID_TST_INFO = oid("1.2.840.113549.1.9.16.1.4")
+_OID_MESSAGE_DIGEST = oid("1.2.840.113549.1.9.4")
+_ATTR_CONTENT_TYPE = tlv(0x30, oid("1.2.840.113549.1.9.3") + tlv(0x31, _OID_TST_INFO))
+_V1, _V3 = integer(1), integer(3)
+_GRANTED = tlv(0x30, integer(0))
 #: (hash, parameters were NULL) -> the AlgorithmIdentifier echoed in the TSTInfo imprint.
 _IMPRINT_ALGORITHMS = {
-    (h, null): _tlv(0x30, _oid(dotted) + (b"\x05\x00" if null else b""))
+    (h, null): tlv(0x30, oid(dotted) + (b"\x05\x00" if null else b""))
     for dotted, h in _IMPRINT_HASHES.items()
     for null in (False, True)
 }
@@ -214,7 +187,7 @@ def _load_signer(cred: status.Credential, keys: KeyManager, include_chain: bool)
         signing_certificate=cms.CMSAttribute(
             {"type": "signing_certificate_v2", "values": [ess]}
         ).dump(),
-        tsa_name=_tlv(0xA0, x509.GeneralName({"directory_name": leaf.subject}).dump()),
+        tsa_name=tlv(0xA0, x509.GeneralName({"directory_name": leaf.subject}).dump()),
         certificates=b"\xa0" + cert_set[1:],
         not_before=validity["not_before"].native,
         not_after=validity["not_after"].native,
@@ -269,7 +242,7 @@ class TimeStampAuthority:
         self.store = store
         self.keys = keys
         self.policy_oid = core.ObjectIdentifier(policy_oid).dotted
-        self._policy = _oid(self.policy_oid)
+        self._policy = oid(self.policy_oid)
         self.accuracy = accuracy
         self._accuracy = _accuracy(accuracy)
         self._whole_seconds = accuracy % timedelta(seconds=1) == timedelta(0)
@@ -330,7 +303,7 @@ class TimeStampAuthority:
                 cert_req=req.cert_req,
                 requester=requester,
             )
-            return _tlv(0x30, _GRANTED + token)
+            return tlv(0x30, _GRANTED + token)
         except TimestampRefused as exc:
             if exc.fail_info in ("time_not_available", "system_failure"):
                 log.warning("timestamp refused (%s): %s", exc.fail_info, exc.detail)
@@ -413,48 +386,48 @@ class TimeStampAuthority:
                 digest=digest.hex(),
                 details={"hash_algorithm": hash_alg.value},
             )
-        tst_info = _tlv(
+        tst_info = tlv(
             0x30,
             _V1
             + self._policy
-            + _tlv(0x30, _IMPRINT_ALGORITHMS[hash_alg, null_parameters] + _tlv(0x04, digest))
-            + _der_int(serial)
-            + _der_time(gen_time)
+            + tlv(0x30, _IMPRINT_ALGORITHMS[hash_alg, null_parameters] + tlv(0x04, digest))
+            + integer(serial)
+            + generalized_time(gen_time, fraction=True)
             + self._accuracy
-            + (_der_int(nonce) if nonce is not None else b"")
+            + (integer(nonce) if nonce is not None else b"")
             + signer.tsa_name,
         )
-        message_digest = _tlv(
+        message_digest = tlv(
             0x30,
-            _OID_MESSAGE_DIGEST + _tlv(0x31, _tlv(0x04, signer.hash_alg.digest(tst_info))),
+            _OID_MESSAGE_DIGEST + tlv(0x31, tlv(0x04, signer.hash_alg.digest(tst_info))),
         )
         # DER sorts a SET OF by encoding; the signature covers it tagged as SET (RFC 5652 5.4).
         attrs = b"".join(sorted((_ATTR_CONTENT_TYPE, message_digest, signer.signing_certificate)))
-        signed_attrs = _tlv(0x31, attrs)
+        signed_attrs = tlv(0x31, attrs)
         try:
             signature = self.keys.sign_digest(
                 signer.key, signer.hash_alg.digest(signed_attrs), signer.hash_alg, signer.scheme
             )
         except HsmError as exc:
             raise TimestampRefused("system_failure", f"HSM: {exc}") from exc
-        signer_info = _tlv(
+        signer_info = tlv(
             0x30,
             _V1
             + signer.sid
             + signer.digest_algorithm
-            + _tlv(0xA0, attrs)
+            + tlv(0xA0, attrs)
             + signer.signature_algorithm
-            + _tlv(0x04, signature),
+            + tlv(0x04, signature),
         )
-        signed_data = _tlv(
+        signed_data = tlv(
             0x30,
             _V3
-            + _tlv(0x31, signer.digest_algorithm)
-            + _tlv(0x30, _OID_TST_INFO + _tlv(0xA0, _tlv(0x04, tst_info)))
+            + tlv(0x31, signer.digest_algorithm)
+            + tlv(0x30, _OID_TST_INFO + tlv(0xA0, tlv(0x04, tst_info)))
             + (signer.certificates if cert_req else b"")
-            + _tlv(0x31, signer_info),
+            + tlv(0x31, signer_info),
         )
-        return _tlv(0x30, _OID_SIGNED_DATA + _tlv(0xA0, signed_data))
+        return tlv(0x30, _OID_SIGNED_DATA + tlv(0xA0, signed_data))
 
     def _new_serial(self) -> int:
         """127 random bits: positive, at most 16 octets in DER, unguessable."""
