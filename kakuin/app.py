@@ -199,7 +199,8 @@ def start_maintenance(svc: Services) -> threading.Thread | None:
         while not stop.is_set():
             try:
                 done = svc.ca.maintain()
-                done["trust_lists"] = trustlist.refresh_imported(svc.settings.home)
+                done["trust_lists"] = trustlist.refresh_imported(
+                    svc.settings.home, fetch=svc.signing.fetch_trust_list)
                 if done["crls_published"] or done["ocsp_refreshed"] or done["responder_renewed"]:
                     log.info("maintenance", extra=done)
             except Exception:

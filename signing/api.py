@@ -178,9 +178,7 @@ def verify_document() -> Any:
     if not data:
         raise BadDocument("send the sealed document as multipart field 'file' or as the body")
     detached = request.files.get("detached")
-    report = _svc().verify(data, detached=detached.read() if detached else None,
-                           requester=f"anonymous@{request.remote_addr}",
-                           request_id=g.get("request_id"))
+    report = _svc().verify(data, detached=detached.read() if detached else None)
     return jsonify(report.to_dict())
 
 
@@ -302,8 +300,7 @@ def verify_page_result() -> Response:
     if len(data) > _svc().max_pdf_bytes:
         return _page(413, error=("The file is too large." if en else "ファイルが大きすぎます。"))
     try:
-        report = _svc().verify(data, requester=f"anonymous@{request.remote_addr}",
-                               request_id=g.get("request_id"))
+        report = _svc().verify(data)
     except BadDocument:
         return _page(422, error=(
             "This file does not look like a sealed document (a PDF or JSON with an e-seal). "

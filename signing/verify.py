@@ -78,12 +78,12 @@ import hashlib
 import io
 import json
 import logging
-import urllib.request
+import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
-from urllib.parse import urlsplit
 
 from asn1crypto import cms, core, pem, tsp
 from asn1crypto import crl as asn1_crl
@@ -93,8 +93,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp as x509_ocsp
 from cryptography.x509.oid import NameOID
+from pyhanko.pdf_utils import generic
 from pyhanko.pdf_utils.reader import PdfFileReader
-from pyhanko.sign.diff_analysis import DiffResult, ModificationLevel
+from pyhanko.sign.diff_analysis import (
+    DEFAULT_DIFF_POLICY,
+    DiffResult,
+    ModificationLevel,
+    StandardDiffPolicy,
+)
+from pyhanko.sign.diff_analysis import policies as _diff_policies
 from pyhanko.sign.general import (
     extract_signer_info,
     find_unique_cms_attribute,
@@ -129,10 +136,13 @@ from pyhanko_certvalidator.registry import CertificateRegistry, SimpleTrustManag
 from pyhanko_certvalidator.revinfo.validate_crl import verify_crl
 from pyhanko_certvalidator.revinfo.validate_ocsp import verify_ocsp_response
 
+from signing import fetch as outbound
 from signing import jades
 from signing.errors import BadDocument, SigningError
+from signing.fetch import FetchError
 
 __all__ = [
+    "DEFAULT_LIMITS",
     "FETCH_TIMEOUT",
     "INDETERMINATE",
     "MAX_FETCH_BYTES",
@@ -141,8 +151,10 @@ __all__ = [
     "Check",
     "Fetch",
     "FetchError",
+    "Limits",
     "Report",
     "SignatureReport",
+    "TooComplex",
     "TrustAnchors",
     "default_fetch",
     "sealed_by",
@@ -158,8 +170,8 @@ INDETERMINATE = "INDETERMINATE"
 TOTAL_FAILED = "TOTAL-FAILED"
 _SEVERITY = {TOTAL_PASSED: 0, INDETERMINATE: 1, TOTAL_FAILED: 2}
 
-FETCH_TIMEOUT = 5.0
-MAX_FETCH_BYTES = 20 * 1024 * 1024  # a CRL of 100k entries is ~4 MB
+FETCH_TIMEOUT = outbound.DEFAULT_POLICY.timeout
+MAX_FETCH_BYTES = outbound.DEFAULT_POLICY.max_bytes
 
 #: (url, body or None for GET, content type of the body) -> response bytes; raise on failure.
 Fetch = Callable[[str, "bytes | None", "str | None"], bytes]
@@ -183,10 +195,6 @@ _NO_REVOCATION_CHECK = CertRevTrustPolicy(
         intermediate_ca_cert_rule=RevocationCheckingRule.NO_CHECK,
     )
 )
-
-
-class FetchError(Exception):
-    """A URL could not be fetched (refused scheme, network, HTTP status, size)."""
 
 
 # -- public model --------------------------------------------------------------------------------
@@ -214,6 +222,31 @@ class TrustAnchors:
     def __post_init__(self) -> None:
         for name in ("roots", "intermediates", "withdrawn"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds of one verification of untrusted input. Beyond a count limit the document is
+    refused (:class:`TooComplex`, HTTP 422) before any signature work; past the time budget
+    the signatures not yet reached are INDETERMINATE with the reason."""
+
+    max_signatures: int = 100  # seals + document timestamps
+    max_revisions: int = 200  # incremental updates
+    max_objects: int = 100_000  # xref entries
+    max_pages: int = 5_000
+    max_nesting: int = 100  # JSON nesting (PDF nesting is bounded by the parser's recursion)
+    time_budget: float = 10.0  # seconds of wall time
+
+
+DEFAULT_LIMITS = Limits()
+
+
+class TooComplex(BadDocument):
+    """The document exceeds a :class:`Limits` count: refused before any signature work."""
+
+    status = 422
+    type = "signing/too-complex"
+    title = "Document too complex to verify"
 
 
 def _jsonable(value: Any) -> Any:
@@ -308,36 +341,12 @@ class Report:
 # -- fetching ------------------------------------------------------------------------------------
 
 
-class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req: Any, fp: Any, code: Any, msg: Any, headers: Any,
-                         newurl: str) -> Any:
-        if urlsplit(newurl).scheme not in ("http", "https"):
-            raise FetchError(f"redirect to a non-HTTP URL refused: {newurl[:200]}")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-_opener = urllib.request.build_opener(_HttpOnlyRedirects)
-
-
 def default_fetch(url: str, body: bytes | None = None, content_type: str | None = None) -> bytes:
-    """GET (``body`` None) or POST ``url``: http/https only, ``FETCH_TIMEOUT`` seconds, at most
-    ``MAX_FETCH_BYTES``; raises :class:`FetchError`."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise FetchError(f"only http(s) URLs are fetched, not {url[:200]!r}")
-    headers = {"Content-Type": content_type} if content_type else {}
-    req = urllib.request.Request(url, data=body, headers=headers,  # noqa: S310 (scheme checked)
-                                 method="GET" if body is None else "POST")
-    try:
-        with _opener.open(req, timeout=FETCH_TIMEOUT) as resp:
-            data: bytes = resp.read(MAX_FETCH_BYTES + 1)
-    except FetchError:
-        raise
-    except (OSError, ValueError) as exc:  # URLError, HTTPError, timeouts, bad URLs
-        raise FetchError(f"{url}: {exc}") from exc
-    if len(data) > MAX_FETCH_BYTES:
-        raise FetchError(f"{url}: more than {MAX_FETCH_BYTES} bytes")
-    return data
+    """GET (``body`` None) or POST ``url`` through :mod:`signing.fetch` with its default policy
+    (http(s), public targets only, same-host redirects, ``FETCH_TIMEOUT`` s, at most
+    ``MAX_FETCH_BYTES``); raises :class:`FetchError`. No cache: the server uses a
+    :class:`signing.fetch.StatusFetcher`."""
+    return outbound.fetch(url, body, content_type, policy=outbound.DEFAULT_POLICY).data
 
 
 # -- verdicts ------------------------------------------------------------------------------------
@@ -555,7 +564,9 @@ class _Session:
     """One verification: anchors parsed once, fetches cached, one clock."""
 
     def __init__(self, anchors: AnchorSet, fetch: Fetch, now: datetime | None,
-                 allow_online: bool) -> None:
+                 allow_online: bool, limits: Limits = DEFAULT_LIMITS) -> None:
+        self.limits = limits
+        self.deadline = time.monotonic() + limits.time_budget
         self.real_now = datetime.now(UTC)
         self.now = now or self.real_now
         if self.now.tzinfo is None:
@@ -935,20 +946,103 @@ def _token_check(name: str, token: _Token) -> Check:
 # -- PDF -----------------------------------------------------------------------------------------
 
 
-def _read_pdf(data: bytes) -> PdfFileReader:
+class _OutOfTime(Exception):
+    """The verification's time budget ran out (Limits.time_budget)."""
+
+
+class _BudgetedDiffPolicy(StandardDiffPolicy):
+    """pyHanko's default difference analysis, unchanged, stopping once the deadline passed.
+    Each signature reviews every later revision (quadratic in revisions); the deadline turns
+    a hostile pile of revisions into an INDETERMINATE verdict instead of a killed worker."""
+
+    def __init__(self, deadline: float) -> None:
+        base = DEFAULT_DIFF_POLICY
+        super().__init__(base.global_rules, base.form_rule)
+        self.deadline = deadline
+
+    def apply(self, old: Any, new: Any, field_mdp_spec: Any = None,
+              doc_mdp: Any = None) -> DiffResult:
+        if time.monotonic() > self.deadline:
+            raise _OutOfTime("difference analysis")
+        return super().apply(old, new, field_mdp_spec, doc_mdp)
+
+
+_orphans: weakref.WeakKeyDictionary[Any, frozenset[Any]] = weakref.WeakKeyDictionary()
+_find_orphans = _diff_policies._find_orphans
+
+
+def _cached_orphans(hist_rev: Any) -> frozenset[Any]:
+    """``_find_orphans`` depends on the newer revision only, but pyHanko recomputes it for
+    every (signature, later revision) pair: with 50 seals, 1,225 times for 49 answers (about a
+    fifth of the difference analysis). Same result, computed once per revision."""
+    hit = _orphans.get(hist_rev)
+    if hit is None:
+        hit = _orphans[hist_rev] = frozenset(_find_orphans(hist_rev))
+    return hit
+
+
+_diff_policies._find_orphans = _cached_orphans
+
+
+def _check_pdf_limits(reader: PdfFileReader, limits: Limits) -> None:
+    """Counts the parser knows before any signature work (TooComplex beyond them)."""
+    revisions = reader.xrefs.total_revisions
+    if revisions > limits.max_revisions:
+        raise TooComplex(f"{revisions} revisions (incremental updates): more than the "
+                         f"{limits.max_revisions} this service verifies")
+    objects = sum(len(reader.xrefs.explicit_refs_in_revision(r)) for r in range(revisions))
+    if objects > limits.max_objects:
+        raise TooComplex(f"{objects} objects: more than the {limits.max_objects} this "
+                         "service verifies")
+    pages = reader.root.get("/Pages")
+    count = pages.get("/Count") if isinstance(pages, generic.DictionaryObject) else None
+    if isinstance(count, int) and count > limits.max_pages:
+        raise TooComplex(f"{count} pages: more than the {limits.max_pages} this service "
+                         "verifies")
+    fields = reader.root.get("/AcroForm")
+    fields = fields.get("/Fields") if isinstance(fields, generic.DictionaryObject) else None
+    if isinstance(fields, generic.ArrayObject) and len(fields) > 4 * limits.max_signatures:
+        raise TooComplex(f"{len(fields)} form fields: more than this service verifies")
+
+
+def _read_pdf(data: bytes, limits: Limits = DEFAULT_LIMITS) -> PdfFileReader:
     if b"%PDF-" not in data[:1024]:
         raise BadDocument("not a PDF (no %PDF- header)")
     try:
         reader = PdfFileReader(io.BytesIO(data), strict=False)
         encrypted = reader.encrypted
+        if not encrypted:
+            _check_pdf_limits(reader, limits)
         signatures = [] if encrypted else reader.embedded_signatures
+    except BadDocument:
+        raise
     except Exception as exc:  # any failure on untrusted bytes is the document's
         raise BadDocument(f"corrupt or unsupported PDF: {str(exc)[:200]}") from exc
+    if len(signatures) > limits.max_signatures:
+        raise TooComplex(f"{len(signatures)} signatures: more than the "
+                         f"{limits.max_signatures} this service verifies")
     if encrypted:
         raise BadDocument("the PDF is encrypted; its seals cannot be checked")
     if not signatures:
         raise BadDocument("the PDF carries no seal, signature or document timestamp")
     return reader
+
+
+def _strict_cert(der: bytes) -> asn1_x509.Certificate:
+    """asn1crypto parses lazily, so a damaged entry would blow up deep inside path building;
+    cryptography's strict DER parser refuses it here, where it is just not evidence."""
+    x509.load_der_x509_certificate(der)
+    return asn1_x509.Certificate.load(der)
+
+
+def _strict_ocsp(der: bytes) -> asn1_ocsp.OCSPResponse:
+    x509_ocsp.load_der_ocsp_response(der)
+    return asn1_ocsp.OCSPResponse.load(der)
+
+
+def _strict_crl(der: bytes) -> asn1_crl.CertificateList:
+    x509.load_der_x509_crl(der)
+    return asn1_crl.CertificateList.load(der)
 
 
 def _pdf_embedded(reader: PdfFileReader) -> _Revinfo:
@@ -959,9 +1053,9 @@ def _pdf_embedded(reader: PdfFileReader) -> _Revinfo:
     except KeyError:
         return out
     loaders: list[tuple[str, Callable[[bytes], Any], list[Any]]] = [
-        ("/Certs", asn1_x509.Certificate.load, out.certs),
-        ("/OCSPs", asn1_ocsp.OCSPResponse.load, out.ocsps),
-        ("/CRLs", asn1_crl.CertificateList.load, out.crls),
+        ("/Certs", _strict_cert, out.certs),
+        ("/OCSPs", _strict_ocsp, out.ocsps),
+        ("/CRLs", _strict_crl, out.crls),
     ]
     for key, load, into in loaders:
         try:
@@ -981,7 +1075,8 @@ def _archival(signer_info: cms.SignerInfo) -> _Revinfo:
     try:
         archive = find_unique_cms_attribute(signer_info["signed_attrs"],
                                             "adobe_revocation_info_archival")
-        return _Revinfo(ocsps=list(archive["ocsp"] or []), crls=list(archive["crl"] or []))
+        return _Revinfo(ocsps=[_strict_ocsp(o.dump()) for o in archive["ocsp"] or []],
+                        crls=[_strict_crl(c.dump()) for c in archive["crl"] or []])
     except Exception:  # absent, repeated or malformed: no evidence from it
         return _Revinfo()
 
@@ -991,11 +1086,16 @@ def _merge(*parts: _Revinfo) -> _Revinfo:
                     [c for p in parts for c in p.crls])
 
 
-def _integrity_pdf(v: _Verdict, sig: EmbeddedPdfSignature) -> bool:
+def _integrity_pdf(v: _Verdict, sig: EmbeddedPdfSignature, deadline: float) -> bool:
     """ByteRange digest, coverage and the difference analysis of later revisions."""
     try:
-        sig.compute_integrity_info()
+        sig.compute_integrity_info(diff_policy=_BudgetedDiffPolicy(deadline))
         summary = sig.summarise_integrity_info()
+    except _OutOfTime:
+        v.fail("modifications", INDETERMINATE, "GENERIC",
+               "the revisions after the seal could not all be analysed within the "
+               "verification's time budget")
+        return False
     except Exception as exc:  # pyHanko raises many things on hostile files
         v.fail("modifications", TOTAL_FAILED, "FORMAT_FAILURE",
                f"the revisions after the seal cannot be analysed: {str(exc)[:200]}")
@@ -1083,7 +1183,7 @@ async def _pdf_seal(session: _Session, sig: EmbeddedPdfSignature, embedded: _Rev
     v.ok("signing-certificate", "the signing certificate is the one the seal names",
          certificate=_describe(cert))
     if _crypto(v, sig.signer_info, cert, "data", sig.compute_digest()):
-        _integrity_pdf(v, sig)
+        _integrity_pdf(v, sig, session.deadline)
     _check_eseal_profile(v, cert.dump())
     tokens = list(extract_tst_data_iter(sig.signer_info, signed=False))
     level = ("B-LTA" if doc_poe is not None else "B-LT" if has_dss else "B-T") if tokens \
@@ -1125,7 +1225,7 @@ async def _pdf_timestamp(session: _Session, sig: EmbeddedPdfSignature, embedded:
     if token.tsa is not None:
         who = sealed_by(token.tsa.dump())
     if not token.verdict.failed:
-        _integrity_pdf(v, sig)
+        _integrity_pdf(v, sig, session.deadline)
     gen = token.gen_time if v.passed else None
     return _seal_report("document-timestamp", v, "document-timestamp", who, token.gen_time,
                         gen, sig.field_name), gen
@@ -1139,7 +1239,7 @@ def _seal_report(kind: Literal["seal", "document-timestamp"], v: _Verdict, level
 
 
 async def _verify_pdf(session: _Session, data: bytes) -> Report:
-    reader = _read_pdf(data)
+    reader = _read_pdf(data, session.limits)
     signatures: list[EmbeddedPdfSignature] = reader.embedded_signatures
     embedded = _pdf_embedded(reader)
     has_dss = bool(embedded.ocsps or embedded.crls)
@@ -1148,6 +1248,9 @@ async def _verify_pdf(session: _Session, data: bytes) -> Report:
     valid_stamps: list[tuple[int, datetime]] = []  # (revision, genTime) of valid ones
     poe: datetime | None = None
     for stamp in reversed(stamps):  # a later document timestamp is the POE of earlier ones
+        if time.monotonic() > session.deadline:
+            by_sig[id(stamp)] = _out_of_time("document-timestamp", stamp, session)
+            continue
         try:
             report, gen = await _pdf_timestamp(session, stamp, embedded, poe=poe)
         except Exception as exc:  # hostile bytes must give a report, not a server error
@@ -1160,6 +1263,9 @@ async def _verify_pdf(session: _Session, data: bytes) -> Report:
         if id(sig) in by_sig:
             continue
         later = [g for r, g in valid_stamps if r > sig.signed_revision]
+        if time.monotonic() > session.deadline:
+            by_sig[id(sig)] = _out_of_time("seal", sig, session)
+            continue
         try:
             by_sig[id(sig)] = await _pdf_seal(session, sig, embedded,
                                               doc_poe=min(later) if later else None,
@@ -1168,6 +1274,15 @@ async def _verify_pdf(session: _Session, data: bytes) -> Report:
             by_sig[id(sig)] = _unprocessable("seal", sig, exc)
     reports = [by_sig[id(s)] for s in signatures]
     return Report("pdf", *_worst(reports), reports, session.now)
+
+
+def _out_of_time(kind: Literal["seal", "document-timestamp"], sig: EmbeddedPdfSignature,
+                 session: _Session) -> SignatureReport:
+    v = _Verdict()
+    v.fail("format", INDETERMINATE, "GENERIC",
+           f"not checked: the verification's time budget ({session.limits.time_budget:g} s) "
+           "was used up before this signature")
+    return _seal_report(kind, v, None, {}, None, None, sig.field_name)
 
 
 def _unprocessable(kind: Literal["seal", "document-timestamp"], sig: EmbeddedPdfSignature,
@@ -1221,12 +1336,12 @@ def _etsi_u(jws: Mapping[str, Any]) -> tuple[list[bytes], _Revinfo, list[str]]:
         if key == "sigTst":
             tokens.extend(_b64_der(t["val"]) for t in value["tstTokens"])
         elif key == "xVals":
-            revinfo.certs.extend(asn1_x509.Certificate.load(_b64_der(x["x509Cert"]["val"]))
-                                 for x in value)
+            revinfo.certs.extend(_strict_cert(_b64_der(x["x509Cert"]["val"])) for x in value)
         elif key == "rVals":
-            revinfo.ocsps.extend(asn1_ocsp.OCSPResponse.load(_b64_der(o["val"]))
+            revinfo.ocsps.extend(_strict_ocsp(_b64_der(o["val"]))
                                  for o in value.get("ocspVals", []))
-            revinfo.crls.extend(_load_crl(_b64_der(c["val"])) for c in value.get("crlVals", []))
+            revinfo.crls.extend(_strict_crl(_b64_der(c["val"]))
+                                for c in value.get("crlVals", []))
     return tokens, revinfo, names
 
 
@@ -1274,7 +1389,7 @@ async def _verify_jades(session: _Session, jws: Mapping[str, Any],
         return done()
     try:
         tokens, embedded, names = _etsi_u(jws)
-    except (ValueError, TypeError, KeyError, binascii.Error) as exc:
+    except (ValueError, TypeError, KeyError, binascii.Error, RecursionError) as exc:
         v.fail("format", TOTAL_FAILED, "FORMAT_FAILURE", f"malformed etsiU: {exc}")
         return done()
     level = "B-B"
@@ -1325,6 +1440,31 @@ async def _verify_jades(session: _Session, jws: Mapping[str, Any],
     return done()
 
 
+def _check_json_nesting(data: bytes, limit: int) -> None:
+    """Refuse JSON nested deeper than ``limit`` before any parser recurses into it (brackets
+    inside strings are skipped)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > limit:
+                    raise TooComplex(f"JSON nested deeper than {limit} levels")
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+
+
 def _canonical(data: bytes) -> bytes:
     """The JCS form a sigD hash covers; bytes that are not a record stay as they are."""
     try:
@@ -1337,37 +1477,45 @@ def _canonical(data: bytes) -> bytes:
 
 
 def verify_pdf(data: bytes, anchors: AnchorSet, *, fetch: Fetch = default_fetch,
-               now: datetime | None = None, allow_online: bool = True) -> Report:
+               now: datetime | None = None, allow_online: bool = True,
+               limits: Limits = DEFAULT_LIMITS) -> Report:
     """Every seal and document timestamp of a PDF (see the module doc). Raises
-    :class:`BadDocument` for something that is not a readable, signed PDF."""
-    session = _Session(anchors, fetch, now, allow_online)
+    :class:`BadDocument` for something that is not a readable, signed PDF, and
+    :class:`TooComplex` for one beyond ``limits``."""
+    session = _Session(anchors, fetch, now, allow_online, limits)
     return asyncio.run(_verify_pdf(session, data))
 
 
 def verify_jades(data: bytes | Mapping[str, Any], anchors: AnchorSet, *,
                  detached_payload: Mapping[str, bytes] | bytes | None = None,
                  fetch: Fetch = default_fetch, now: datetime | None = None,
-                 allow_online: bool = True) -> Report:
+                 allow_online: bool = True, limits: Limits = DEFAULT_LIMITS) -> Report:
     """A JAdES seal (JWS JSON flattened serialization): its signature, timestamps, path and
     revocation. ``detached_payload``: the record(s) a ``sigD`` seal covers, by name or alone.
     Raises :class:`BadDocument` when ``data`` is not a JWS at all."""
+    if isinstance(data, bytes | bytearray):
+        _check_json_nesting(bytes(data), limits.max_nesting)
     jws = jades.parse_record(bytes(data)) if isinstance(data, bytes | bytearray) else data
     if not isinstance(jws, Mapping) or "protected" not in jws or "signature" not in jws:
         raise BadDocument("not a JAdES seal (a JWS JSON flattened serialization: an object "
                           "with protected and signature)")
-    session = _Session(anchors, fetch, now, allow_online)
+    session = _Session(anchors, fetch, now, allow_online, limits)
     return asyncio.run(_verify_jades(session, jws, detached_payload))
 
 
 def verify(data: bytes, anchors: AnchorSet, *,
            detached_payload: Mapping[str, bytes] | bytes | None = None,
            fetch: Fetch = default_fetch, now: datetime | None = None,
-           allow_online: bool = True) -> Report:
+           allow_online: bool = True, limits: Limits = DEFAULT_LIMITS) -> Report:
     """A PDF (``%PDF-`` in the first KiB) or a JAdES JSON seal; anything else is
     :class:`BadDocument`. ``detached_payload`` only applies to JSON seals."""
-    if b"%PDF-" in data[:1024]:
-        return verify_pdf(data, anchors, fetch=fetch, now=now, allow_online=allow_online)
-    if data.lstrip()[:1] == b"{":
-        return verify_jades(data, anchors, detached_payload=detached_payload, fetch=fetch,
-                            now=now, allow_online=allow_online)
+    try:
+        if b"%PDF-" in data[:1024]:
+            return verify_pdf(data, anchors, fetch=fetch, now=now, allow_online=allow_online,
+                              limits=limits)
+        if data.lstrip()[:1] == b"{":
+            return verify_jades(data, anchors, detached_payload=detached_payload, fetch=fetch,
+                                now=now, allow_online=allow_online, limits=limits)
+    except RecursionError:  # a structure nested or looped past what the parsers follow
+        raise TooComplex("the document's structure is nested too deeply or loops") from None
     raise BadDocument("neither a PDF nor a JSON seal")

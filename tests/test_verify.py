@@ -54,7 +54,7 @@ from signing.verify import (
     verify_jades,
     verify_pdf,
 )
-from tests.cafixtures import Env, _call
+from tests.cafixtures import Env, _call, loopback_fetch
 from tests.fixtures_pdf import guidance_record, minimal_pdf
 
 SCHOOL = "新宿区立第一中学校"
@@ -119,7 +119,7 @@ class Kit:
                 raise FetchError(f"{url}: connection refused (test)")
             if url.startswith(self.base_url + "/"):
                 url = self.env.url + url[len(self.base_url):]
-            return default_fetch(url, body, content_type)
+            return loopback_fetch(url, body, content_type)
         return fetch
 
     def pdf(self, level: str) -> bytes:
