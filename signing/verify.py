@@ -1032,7 +1032,9 @@ def _strict_cert(der: bytes) -> asn1_x509.Certificate:
     """asn1crypto parses lazily, so a damaged entry would blow up deep inside path building;
     cryptography's strict DER parser refuses it here, where it is just not evidence."""
     x509.load_der_x509_certificate(der)
-    return asn1_x509.Certificate.load(der)
+    cert = asn1_x509.Certificate.load(der)
+    _ = cert.subject.hashable, cert.issuer.hashable  # names are decoded lazily too
+    return cert
 
 
 def _strict_ocsp(der: bytes) -> asn1_ocsp.OCSPResponse:
@@ -1287,7 +1289,10 @@ def _out_of_time(kind: Literal["seal", "document-timestamp"], sig: EmbeddedPdfSi
 
 def _unprocessable(kind: Literal["seal", "document-timestamp"], sig: EmbeddedPdfSignature,
                    exc: Exception) -> SignatureReport:
-    log.warning("signature %s could not be processed", sig.field_name, exc_info=exc)
+    # Hostile input, not a fault of ours: one line (the stack only at DEBUG).
+    log.warning("signature %s could not be processed: %s: %s", sig.field_name,
+                type(exc).__name__, str(exc)[:200])
+    log.debug("signature %s could not be processed", sig.field_name, exc_info=exc)
     v = _Verdict()
     v.fail("format", TOTAL_FAILED, "FORMAT_FAILURE",
            f"the signature cannot be processed: {type(exc).__name__}: {str(exc)[:200]}")
