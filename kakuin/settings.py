@@ -89,7 +89,7 @@ class VerifySettings:
     max_objects: int = 100_000
     max_pages: int = 5_000
     max_nesting: int = 100
-    time_budget_seconds: float = 10.0
+    time_budget_seconds: float = 20.0
     status_cache_seconds: float = 300.0
     status_cache_entries: int = 512
 

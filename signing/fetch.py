@@ -33,7 +33,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import SplitResult, urljoin, urlsplit
 
 from asn1crypto import crl as asn1_crl
 from asn1crypto import ocsp as asn1_ocsp
@@ -123,15 +123,21 @@ def _resolve(host: str, port: int, policy: FetchPolicy) -> str:
     return addresses[0]
 
 
+def _split(url: str) -> SplitResult:
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises on a bad port
+    except ValueError as exc:
+        raise FetchError(f"bad URL {url[:200]!r}: {exc}") from None
+    return parts
+
+
 def _once(url: str, body: bytes | None, headers: dict[str, str], policy: FetchPolicy,
           deadline: float) -> Response:
-    parts = urlsplit(url)
+    parts = _split(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise FetchError(f"only http(s) URLs with a host are fetched, not {url[:200]!r}")
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        raise FetchError(f"bad port in {url[:200]!r}") from None
+    port = parts.port or (443 if parts.scheme == "https" else 80)
     host = parts.hostname
     address = _resolve(host, port, policy)
     remaining = deadline - time.monotonic()
@@ -195,8 +201,11 @@ def fetch(url: str, body: bytes | None = None, content_type: str | None = None, 
         location = resp.headers.get("location")
         if not location:
             raise FetchError(f"{current[:200]}: HTTP {resp.status} without Location")
-        target = urljoin(current, location)
-        old, new = urlsplit(current), urlsplit(target)
+        try:
+            target = urljoin(current, location)
+        except ValueError:
+            raise FetchError(f"{current[:200]}: bad redirect {location[:200]!r}") from None
+        old, new = _split(current), _split(target)
         same_host = (old.hostname, old.port) == (new.hostname, new.port) or (
             old.hostname == new.hostname and old.scheme == "http" and new.scheme == "https"
             and old.port in (None, 80) and new.port in (None, 443))
@@ -324,7 +333,7 @@ class StatusFetcher:
         hit = self.cache.get(key)
         if hit is not None:
             return hit
-        host = (urlsplit(url).hostname or "").lower()
+        host = (_split(url).hostname or "").lower()
         down = self.cache.host_down(host)
         if down is not None:
             raise FetchError(f"{url[:200]}: not tried again yet, it failed moments ago ({down})")

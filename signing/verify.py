@@ -94,6 +94,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp as x509_ocsp
 from cryptography.x509.oid import NameOID
 from pyhanko.pdf_utils import generic
+from pyhanko.pdf_utils.misc import PDF_WHITESPACE
 from pyhanko.pdf_utils.reader import PdfFileReader
 from pyhanko.sign.diff_analysis import (
     DEFAULT_DIFF_POLICY,
@@ -235,7 +236,7 @@ class Limits:
     max_objects: int = 100_000  # xref entries
     max_pages: int = 5_000
     max_nesting: int = 100  # JSON nesting (PDF nesting is bounded by the parser's recursion)
-    time_budget: float = 10.0  # seconds of wall time
+    time_budget: float = 20.0  # seconds of wall time
 
 
 DEFAULT_LIMITS = Limits()
@@ -982,6 +983,38 @@ def _cached_orphans(hist_rev: Any) -> frozenset[Any]:
 
 
 _diff_policies._find_orphans = _cached_orphans
+
+_read_hex_slowly = generic.read_hex_string_from_stream
+_NOT_HEX = bytes(range(256)).translate(None, b"0123456789abcdefABCDEF")
+
+
+def _read_hex(stream: Any) -> Any:
+    """pyHanko reads a hex string one byte per call (~20 ms for a 16 KB signature /Contents,
+    read again by every analysis of every later revision). Same grammar in one pass: PDF
+    whitespace skipped, a comment or any other byte handed back to pyHanko's reader."""
+    start = stream.tell()
+    stream.read(1)  # "<"
+    chunks = []
+    while True:
+        chunk = stream.read(65536)
+        if not chunk:
+            break
+        end = chunk.find(b">")
+        if end >= 0:
+            chunks.append(chunk[:end])
+            digits = b"".join(chunks).translate(None, PDF_WHITESPACE)
+            if not digits.translate(None, _NOT_HEX) == digits:
+                break
+            stream.seek(start + 1 + sum(len(c) for c in chunks) + 1)
+            if len(digits) % 2:
+                digits += b"0"
+            return generic.pdf_string(binascii.unhexlify(digits))
+        chunks.append(chunk)
+    stream.seek(start)
+    return _read_hex_slowly(stream)
+
+
+generic.read_hex_string_from_stream = _read_hex
 
 
 def _check_pdf_limits(reader: PdfFileReader, limits: Limits) -> None:
