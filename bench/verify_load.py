@@ -170,16 +170,18 @@ def pyhanko_peer(data: bytes, root: asn1_x509.Certificate) -> Callable[[], bool]
     """pyHanko's validator on every signature of the PDF, online revocation, our root only."""
     def run() -> bool:
         reader = PdfFileReader(io.BytesIO(data))
-        try:
-            dss = pv.DocumentSecurityStore.read_dss(reader)
-            ocsps, crls = list(dss.ocsps), list(dss.crls)
-            certs = list(dss.certs.values())
-        except Exception:
-            ocsps, crls, certs = [], [], []
+        settings = {"trust_roots": [root], "allow_fetching": True,
+                    "revocation_mode": "hard-fail"}
+
+        def context() -> ValidationContext:
+            try:
+                dss = pv.DocumentSecurityStore.read_dss(reader)
+            except Exception:  # no DSS: online only
+                return ValidationContext(**settings)
+            return dss.as_validation_context(settings)
         ok = True
         for sig in reader.embedded_signatures:
-            vc = ValidationContext(trust_roots=[root], other_certs=certs, ocsps=ocsps, crls=crls,
-                                   allow_fetching=True, revocation_mode="hard-fail")
+            vc = context()
             if sig.sig_object_type == "/DocTimeStamp":
                 status = pv.validate_pdf_timestamp(sig, validation_context=vc)
             else:
