@@ -183,10 +183,10 @@ def pyhanko_peer(data: bytes, root: asn1_x509.Certificate) -> Callable[[], bool]
         for sig in reader.embedded_signatures:
             vc = context()
             if sig.sig_object_type == "/DocTimeStamp":
-                status = pv.validate_pdf_timestamp(sig, validation_context=vc)
+                stamp = pv.validate_pdf_timestamp(sig, validation_context=vc)
+                ok = ok and bool(stamp.intact and stamp.valid and stamp.trusted)
             else:
-                status = pv.validate_pdf_signature(sig, vc, vc)
-            ok = ok and bool(status.bottom_line)
+                ok = ok and bool(pv.validate_pdf_signature(sig, vc, vc).bottom_line)
         return ok
     return run
 

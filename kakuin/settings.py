@@ -90,6 +90,7 @@ class VerifySettings:
     max_pages: int = 5_000
     max_nesting: int = 100
     time_budget_seconds: float = 20.0
+    diff_analysis: str = "chained"  # or "full": see signing.verify._BudgetedDiffPolicy
     status_cache_seconds: float = 300.0
     status_cache_entries: int = 512
 
