@@ -34,7 +34,7 @@ from ca import status
 from hsm.api import HashAlg, KeyManager, KeyRef, SignScheme
 from hsm.errors import HsmError
 from signing import fetch as outbound
-from signing.errors import SigningError
+from signing.errors import SigningError, Unavailable
 
 __all__ = [
     "ETSI_BTSP_POLICY",
@@ -696,7 +696,7 @@ class ExternalTimeStamper(HTTPTimeStamper):
                 outbound.fetch, self.url, req.dump(), QUERY_CONTENT_TYPE,
                 policy=self.policy, headers=headers)
         except outbound.FetchError as exc:
-            raise SigningError(f"the external TSA did not answer: {exc}") from None
+            raise Unavailable(f"the external TSA did not answer: {exc}") from None
         try:
             return TimeStampResponse.load(response.data)
         except ValueError as exc:
