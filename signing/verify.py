@@ -1648,7 +1648,13 @@ def verify_pdf(data: bytes, anchors: AnchorSet, *, fetch: Fetch = default_fetch,
     :class:`BadDocument` for something that is not a readable, signed PDF, and
     :class:`TooComplex` for one beyond ``limits``."""
     session = _Session(anchors, fetch, now, allow_online, limits)
-    return asyncio.run(_verify_pdf(session, data))
+    try:
+        return asyncio.run(_verify_pdf(session, data))
+    except (SigningError, RecursionError):
+        raise
+    except Exception as exc:  # the file's structure, outside any one signature's report
+        log.info("unreadable PDF: %s: %s", type(exc).__name__, str(exc)[:200])
+        raise BadDocument(f"corrupt or unsupported PDF: {str(exc)[:200]}") from None
 
 
 def verify_jades(data: bytes | Mapping[str, Any], anchors: AnchorSet, *,
@@ -1665,7 +1671,13 @@ def verify_jades(data: bytes | Mapping[str, Any], anchors: AnchorSet, *,
         raise BadDocument("not a JAdES seal (a JWS JSON flattened serialization: an object "
                           "with protected and signature)")
     session = _Session(anchors, fetch, now, allow_online, limits)
-    return asyncio.run(_verify_jades(session, jws, detached_payload))
+    try:
+        return asyncio.run(_verify_jades(session, jws, detached_payload))
+    except (SigningError, RecursionError):
+        raise
+    except Exception as exc:  # a shape no check above expected: the seal's, not ours
+        log.info("unreadable JAdES seal: %s: %s", type(exc).__name__, str(exc)[:200])
+        raise BadDocument(f"malformed JAdES seal: {str(exc)[:200]}") from None
 
 
 def verify(data: bytes, anchors: AnchorSet, *,
