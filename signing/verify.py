@@ -79,7 +79,6 @@ import io
 import json
 import logging
 import time
-import weakref
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -596,6 +595,8 @@ class _Session:
     def fetch(self, url: str, body: bytes | None, content_type: str | None) -> bytes:
         key = (url, body)
         hit = self._cache.get(key)
+        if hit is None and time.monotonic() > self.deadline:
+            hit = FetchError(f"{url}: not fetched, the verification's time budget is used up")
         if hit is None:
             try:
                 hit = self._fetch(url, body, content_type)
@@ -1043,7 +1044,6 @@ class _BudgetedDiffPolicy(StandardDiffPolicy):
         return DiffResult(level, changed)
 
 
-_orphans: weakref.WeakKeyDictionary[Any, frozenset[Any]] = weakref.WeakKeyDictionary()
 _find_orphans = _diff_policies._find_orphans
 
 
@@ -1051,9 +1051,10 @@ def _cached_orphans(hist_rev: Any) -> frozenset[Any]:
     """``_find_orphans`` depends on the newer revision only, but pyHanko recomputes it for
     every (signature, later revision) pair: with 50 seals, 1,225 times for 49 answers (about a
     fifth of the difference analysis). Same result, computed once per revision."""
-    hit = _orphans.get(hist_rev)
-    if hit is None:
-        hit = _orphans[hist_rev] = frozenset(_find_orphans(hist_rev))
+    hit: frozenset[Any] | None = getattr(hist_rev, "_kakuin_orphans", None)
+    if hit is None:  # kept on the revision's resolver: it lives as long as its reader
+        hit = frozenset(_find_orphans(hist_rev))
+        hist_rev._kakuin_orphans = hit
     return hit
 
 

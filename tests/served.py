@@ -27,7 +27,7 @@ BOARD_NAME = "新宿区教育委員会"
 # Variables of the calling process that must not leak into the instance's environment.
 _SCRUB = ("SOFTHSM2_CONF", "KAKUIN_HOME", "KAKUIN_HSM_PIN", "KAKUIN_DATABASE_URL",
           "KAKUIN_BASE_URL", "KAKUIN_PORT", "KAKUIN_HOST", "KAKUIN_REGION", "KAKUIN_WORKERS",
-          "KAKUIN_FETCH_ALLOW_NETWORKS")
+          "KAKUIN_FETCH_ALLOW_NETWORKS", "KAKUIN_STATUS_CACHE_SECONDS")
 
 
 def free_port() -> int:
