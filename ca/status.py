@@ -7,9 +7,11 @@ plain values cross the boundary, never ORM rows.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -35,6 +37,7 @@ __all__ = [
     "Forbidden",
     "InvalidRequest",
     "NotFound",
+    "OwnStatus",
     "Principal",
     "Store",
     "TsaSerialRegister",
@@ -307,3 +310,41 @@ def record_tsa_serial(
             conn.execute(insert(TsaSerial).values(**row))
     except IntegrityError as exc:
         raise Conflict("timestamp serial already used") from exc
+
+
+_CRL_PATH = re.compile(r"/pki/([A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*)\.crl")
+
+
+class OwnStatus:
+    """Answers the OCSP and CRL URLs written into our own certificates, in process: the DER our
+    HTTP endpoints (``POST /ocsp``, ``GET /ocsp/<b64>``, ``GET /pki/<ca>.crl``) would send.
+
+    Why: the verifier runs in the same workers that serve those endpoints; fetching them over
+    HTTP made each verification wait for a second free worker (two concurrent verifications on
+    two sync workers deadlocked). Not cached here: a revocation is seen at once.
+    """
+
+    def __init__(self, store: Store, keys: KeyManager, base_url: str, issuing_name: str) -> None:
+        self.store = store
+        self.base_url = base_url.rstrip("/")
+        self._responder = _ocsp.ResponderCache(store, keys, issuing_name)
+
+    def __call__(self, url: str, body: bytes | None) -> bytes | None:
+        """The answer for ``url`` (``body``: an OCSP request to POST, None for GET), or None
+        when ``url`` is not one of ours."""
+        if not self.base_url or not url.startswith(self.base_url + "/"):
+            return None
+        path = urlsplit(url[len(self.base_url):]).path
+        if path in ("/ocsp", "/ocsp/"):
+            return self._responder.respond(body).der if body is not None else \
+                _ocsp.MALFORMED.der
+        if path.startswith("/ocsp/") and body is None:
+            der = _ocsp.decode_get(unquote(path[len("/ocsp/"):]))
+            return (_ocsp.MALFORMED if der is None else self._responder.respond(der)).der
+        match = _CRL_PATH.fullmatch(path)
+        if match and body is None:
+            row = _crl.latest(self.store, match.group(1))
+            if row is None:
+                raise NotFound(f"no CRL published for {match.group(1)!r}")
+            return row.der
+        return None

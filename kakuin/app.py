@@ -222,7 +222,8 @@ def start_maintenance(svc: Services) -> threading.Thread | None:
                 done: dict[str, Any] = {}
                 try:
                     done = svc.ca.maintain()
-                    done["trust_lists"] = trustlist.refresh_imported(svc.settings.home)
+                    done["trust_lists"] = trustlist.refresh_imported(
+                        svc.settings.home, fetch=svc.signing.fetch_trust_list)
                     ok = True
                     if any(done[k] for k in ("crls_published", "ocsp_refreshed",
                                              "responder_renewed")):

@@ -11,11 +11,13 @@ from pathlib import Path
 from ca.ceremony import CeremonyPlan
 from ca.profiles import Profile, load_profiles
 from ca.service import CAService
+from ca.status import OwnStatus
 from ca.store import Store
 from hsm import softhsm
 from hsm.api import KeyAlgorithm
 from hsm.pkcs11 import Pkcs11KeyManager
 from kakuin.settings import Settings
+from signing import fetch as outbound
 from signing.service import SigningService
 from signing.tsa import (
     LocalTimeStamper,
@@ -23,6 +25,7 @@ from signing.tsa import (
     external_timestamper,
     kernel_clock_check,
 )
+from signing.verify import Limits
 
 HEALTHCHECK_KEY_LABEL = "kakuin-healthcheck"
 
@@ -144,6 +147,7 @@ def make_signing_service(
     settings: Settings, store: Store, keys: Pkcs11KeyManager
 ) -> SigningService:
     sig = settings.signing
+    policy = fetch_policy(settings)
     tsa = TimeStampAuthority(
         store,
         keys,
@@ -151,7 +155,7 @@ def make_signing_service(
         clock_check=kernel_clock_check() if sig.tsa_clock_check == "kernel" else None,
     )
     timestamper = (
-        external_timestamper(sig.external_tsa_url)
+        external_timestamper(sig.external_tsa_url, policy=policy)
         if sig.external_tsa_url
         else LocalTimeStamper(tsa)
     )
@@ -171,4 +175,25 @@ def make_signing_service(
         base_url=settings.base_url,
         root_name=settings.ca.root_name,
         issuing_name=settings.ca.issuing_name,
+        fetch=outbound.StatusFetcher(
+            own=OwnStatus(store, keys, settings.base_url, settings.ca.issuing_name),
+            policy=policy,
+            cache=outbound.StatusCache(max_entries=settings.verify.status_cache_entries,
+                                       max_seconds=settings.verify.status_cache_seconds)),
+        fetch_policy=policy,
+        verify_limits=verify_limits(settings),
     )
+
+
+def fetch_policy(settings: Settings) -> outbound.FetchPolicy:
+    f = settings.fetch
+    return outbound.FetchPolicy(timeout=f.timeout_seconds, max_bytes=int(f.max_mb * 1024 * 1024),
+                                allow_networks=outbound.parse_networks(f.allow_networks))
+
+
+def verify_limits(settings: Settings) -> Limits:
+    v = settings.verify
+    return Limits(max_signatures=v.max_signatures, max_revisions=v.max_revisions,
+                  max_objects=v.max_objects, max_pages=v.max_pages, max_nesting=v.max_nesting,
+                  time_budget=v.time_budget_seconds,
+                  diff_analysis=v.diff_analysis if v.diff_analysis == "full" else "chained")

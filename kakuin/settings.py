@@ -117,6 +117,47 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class VerifySettings:
+    """Bounds of one verification (public, anonymous input): beyond them a clear verdict or
+    4xx, never a killed worker. Status of other regions is cached up to status_cache_seconds."""
+
+    max_signatures: int = 100
+    max_revisions: int = 200
+    max_objects: int = 100_000
+    max_pages: int = 5_000
+    max_nesting: int = 100
+    time_budget_seconds: float = 20.0
+    diff_analysis: str = "chained"  # or "full": see signing.verify._BudgetedDiffPolicy
+    status_cache_seconds: float = 300.0
+    status_cache_entries: int = 512
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    """Outbound HTTP (trust lists, external TSA, other regions' OCSP/CRL): see signing.fetch."""
+
+    timeout_seconds: float = 5.0
+    max_mb: float = 20.0
+    allow_networks: tuple[str, ...] = ()  # CIDRs of non-public targets that may be fetched
+
+
+def _section(cls: Any, raw: Any) -> Any:
+    """A settings dataclass from its TOML table, each value cast to its default's type."""
+    values = {}
+    for name, default in cls.__dataclass_fields__.items():
+        if name in (raw or {}):
+            value = raw[name]
+            kind = type(default.default)
+            if kind is tuple:
+                items = value.split(",") if isinstance(value, str) else value
+                value = tuple(str(i).strip() for i in items if str(i).strip())
+            else:
+                value = kind(value)
+            values[name] = value
+    return cls(**values)
+
+
+@dataclass(frozen=True)
 class Settings:
     home: Path
     config_dir: Path
@@ -135,6 +176,8 @@ class Settings:
     limits: LimitSettings = field(default_factory=LimitSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
+    verify: VerifySettings = VerifySettings()
+    fetch: FetchSettings = FetchSettings()
 
     @property
     def pki_dir(self) -> Path:
@@ -186,6 +229,8 @@ _ENV = {
     "KAKUIN_RATE_LIMITS": ("limits", "enabled"),
     "KAKUIN_METRICS": ("metrics", "enabled"),
     "KAKUIN_CONSOLE_SECURE_COOKIES": ("console", "secure_cookies"),
+    "KAKUIN_FETCH_ALLOW_NETWORKS": ("fetch", "allow_networks"),
+    "KAKUIN_STATUS_CACHE_SECONDS": ("verify", "status_cache_seconds"),
 }
 
 
@@ -299,6 +344,8 @@ def load_settings(home: Path | str | None = None, **overrides: Any) -> Settings:
             limits=_limit_settings(data),
             metrics=_metrics_settings(data),
             console=console_settings(data),
+            verify=_section(VerifySettings, data.get("verify")),
+            fetch=_section(FetchSettings, data.get("fetch")),
         )
     except ConsoleSettingsError as exc:
         raise SettingsError(str(exc)) from exc

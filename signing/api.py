@@ -174,13 +174,14 @@ def verify_document() -> Any:
     """Public: upload a sealed PDF or JAdES JSON (multipart field ``file``, or the raw body);
     the ETSI EN 319 102-1 report comes back as JSON. The upload is not stored."""
     upload = request.files.get("file")
-    data = upload.read() if upload is not None else request.get_data(cache=False)
+    limit = _svc().max_pdf_bytes
+    data = upload.read(limit + 1) if upload is not None else request.get_data(cache=False)
     if not data:
         raise BadDocument("send the sealed document as multipart field 'file' or as the body")
+    if len(data) > limit:
+        raise TooLarge(f"the document exceeds the {limit} byte limit")
     detached = request.files.get("detached")
-    report = _svc().verify(data, detached=detached.read() if detached else None,
-                           requester=f"anonymous@{request.remote_addr}",
-                           request_id=g.get("request_id"))
+    report = _svc().verify(data, detached=detached.read() if detached else None)
     return jsonify(report.to_dict())
 
 
@@ -302,8 +303,11 @@ def verify_page_result() -> Response:
     if len(data) > _svc().max_pdf_bytes:
         return _page(413, error=("The file is too large." if en else "ファイルが大きすぎます。"))
     try:
-        report = _svc().verify(data, requester=f"anonymous@{request.remote_addr}",
-                               request_id=g.get("request_id"))
+        report = _svc().verify(data)
+    except verification.TooComplex:
+        return _page(422, error=(
+            "This document has too many seals, revisions or parts to be checked here."
+            if en else "この文書は電子印・更新・構成要素が多すぎるため、ここでは確認できません。"))
     except BadDocument:
         return _page(422, error=(
             "This file does not look like a sealed document (a PDF or JSON with an e-seal). "

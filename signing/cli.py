@@ -132,7 +132,8 @@ def trust_import(obj: HasSigning, source: str, pin: str | None, name: str | None
     """Import another region's trust list from a URL or a file, pinned by its signer."""
     svc = obj.signing
     assert svc.home is not None
-    imported = trustlist.import_trust_list(svc.home, source, pin=pin, name=name)
+    imported = trustlist.import_trust_list(svc.home, source, pin=pin, name=name,
+                                            fetch=svc.fetch_trust_list)
     doc = imported.trust_list.document
     status.record(svc.store, actor=f"console:{getpass.getuser()}", action="trust.imported",
                   object_type="trust-list", object_id=imported.name,

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -17,11 +19,13 @@ from pyhanko.sign.timestamps import TimeStamper
 
 from ca import status
 from hsm.api import KeyManager
+from signing import fetch as outbound
 from signing import jades, pdf, trustlist, verify
 from signing.errors import NotAllowed, SigningError
 from signing.tsa import TimeStampAuthority, timestamp_token
 
 JSON_LEVELS = ("B-B", "B-T", "B-LT")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,8 +43,14 @@ class SigningService:
     base_url: str = ""
     root_name: str = "kakuin-root-ca"
     issuing_name: str = "kakuin-issuing-ca"
-    # How verification fetches OCSP/CRLs named in certificates (tests route them locally).
+    # How verification fetches OCSP/CRLs named in certificates: make_signing_service gives a
+    # signing.fetch.StatusFetcher (our own status in process, others cached); tests route.
     fetch: verify.Fetch = verify.default_fetch
+    # Outbound requests other than status (trust lists): signing.fetch's limits and targets.
+    fetch_policy: outbound.FetchPolicy = outbound.DEFAULT_POLICY
+    verify_limits: verify.Limits = verify.DEFAULT_LIMITS
+    # Called with every report (public verifications are counted, not stored: metrics hook).
+    on_verified: Callable[[verify.Report], None] | None = None
     _anchors: tuple[bytes, trustlist.Anchors] | None = field(default=None, repr=False)
 
     # -- trust list ---------------------------------------------------------------------------
@@ -59,16 +69,31 @@ class SigningService:
 
     def verify(self, data: bytes, *, detached: bytes | None = None,
                requester: str | None = None, request_id: str | None = None) -> verify.Report:
-        """Verify against exactly our trust list's anchors; the document is not kept, the
-        audit log records its digest and the verdict (verification is public: no login)."""
-        report = verify.verify(data, self.anchors(), detached_payload=detached, fetch=self.fetch)
-        status.record(self.store, actor=requester or "anonymous", action="document.verified",
-                      object_type="document", digest=hashlib.sha256(data).hexdigest(),
-                      request_id=request_id,
-                      details={"indication": report.indication,
-                               "sub_indication": report.sub_indication,
-                               "type": report.document_type})
+        """Verify against exactly our trust list's anchors; the document is not kept.
+
+        Public verifications (``requester`` None: anonymous) write nothing to the database,
+        so anonymous traffic cannot grow it; they reach ``on_verified`` (metrics). A named
+        requester (the console) still gets an audit entry with the digest and the verdict.
+        """
+        report = verify.verify(data, self.anchors(), detached_payload=detached, fetch=self.fetch,
+                               limits=self.verify_limits)
+        if self.on_verified is not None:
+            try:
+                self.on_verified(report)
+            except Exception:  # a metrics failure must not fail the verification
+                log.exception("on_verified hook failed")
+        if requester is not None:
+            status.record(self.store, actor=requester, action="document.verified",
+                          object_type="document", digest=hashlib.sha256(data).hexdigest(),
+                          request_id=request_id,
+                          details={"indication": report.indication,
+                                   "sub_indication": report.sub_indication,
+                                   "type": report.document_type})
         return report
+
+    def fetch_trust_list(self, url: str) -> bytes:
+        """GET another region's trust list under ``fetch_policy`` (trustlist.Fetch)."""
+        return trustlist.fetch_list(url, self.fetch_policy)
 
     def anchors(self) -> trustlist.Anchors:
         """Exactly the anchors on our trust list (verification trusts nothing else).

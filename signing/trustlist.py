@@ -50,13 +50,13 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
-import urllib.request
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -69,6 +69,7 @@ from cryptography.x509.oid import NameOID
 
 from ca.status import Credential
 from hsm.api import KeyManager
+from signing import fetch as outbound
 from signing import jades
 from signing.errors import SigningError
 
@@ -85,6 +86,7 @@ __all__ = [
     "anchors",
     "build_trust_list",
     "current_trust_list",
+    "fetch_list",
     "import_trust_list",
     "load_imported",
     "local_services",
@@ -497,16 +499,31 @@ def load_imported(home: Path) -> list[ImportedList]:
     return out
 
 
-def _fetch(url: str) -> bytes:
-    if urlsplit(url).scheme not in ("http", "https"):
-        raise TrustListError("a trust list URL must be http(s)")
-    req = urllib.request.Request(url, headers={"Accept": MEDIA_TYPE})  # noqa: S310 (checked)
+def fetch_list(url: str, policy: outbound.FetchPolicy = outbound.DEFAULT_POLICY) -> bytes:
+    """GET a trust list through :mod:`signing.fetch` (http(s), same-host redirects, no
+    private targets unless allowed, time and size limits); refusals are TrustListError."""
+    limited = dataclasses.replace(policy, max_bytes=min(policy.max_bytes, MAX_LIST_BYTES))
     try:
-        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310
-            data: bytes = resp.read(MAX_LIST_BYTES + 1)
+        return outbound.fetch(url, policy=limited, accept=MEDIA_TYPE).data
+    except outbound.FetchError as exc:
+        raise TrustListError(f"cannot fetch {exc}") from None
+
+
+def _read_source(source: str, fetch: Fetch | None) -> tuple[bytes, str]:
+    """(bytes, source URL) of an http(s) URL or a local file path; anything else is refused
+    in one line (``file:`` URLs included: give the path)."""
+    scheme = urlsplit(source).scheme
+    if scheme in ("http", "https"):
+        return (fetch or fetch_list)(source), source
+    if scheme and len(scheme) > 1:  # "C:" would be a drive letter, not a scheme
+        raise TrustListError(f"only http(s) URLs or a local file path, not a {scheme}: URL")
+    path = Path(source)
+    try:
+        if path.stat().st_size > MAX_LIST_BYTES:
+            raise TrustListError(f"{source} is larger than {MAX_LIST_BYTES} bytes")
+        return path.read_bytes(), path.resolve().as_uri()
     except OSError as exc:
-        raise TrustListError(f"cannot fetch {url}: {exc}") from exc
-    return data
+        raise TrustListError(f"cannot read {source}: {exc.strerror or exc}") from None
 
 
 def _default_name(base_url: str) -> str:
@@ -532,9 +549,7 @@ def import_trust_list(
             raise TrustListError("the pin must be a SHA-256 hex fingerprint")
     if name is not None and not _NAME.fullmatch(name):
         raise TrustListError("name: 1-63 of a-z, 0-9 and '-', starting alphanumeric")
-    is_url = urlsplit(source).scheme in ("http", "https")
-    raw = (fetch or _fetch)(source) if is_url else Path(source).read_bytes()
-    source_url = source if is_url else Path(source).resolve().as_uri()
+    raw, source_url = _read_source(source, fetch)
     with _locked(home):
         stored = load_imported(home)
         previous = [s for s in stored if s.source_url == source_url or s.name == name]

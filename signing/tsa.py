@@ -11,6 +11,8 @@ register lacks. :class:`LocalTimeStamper` hands the same tokens to pyHanko in-pr
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import ctypes
 import ctypes.util
 import functools
@@ -23,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from asn1crypto import algos, cms, core, tsp, x509
 from pyhanko.sign.timestamps import HTTPTimeStamper, TimeStamper
@@ -31,7 +34,8 @@ from ca import status
 from hsm.api import HashAlg, KeyManager, KeyRef, SignScheme
 from hsm.der import generalized_time, integer, oid, tlv
 from hsm.errors import HsmError
-from signing.errors import SigningError
+from signing import fetch as outbound
+from signing.errors import SigningError, Unavailable
 
 __all__ = [
     "ETSI_BTSP_POLICY",
@@ -648,11 +652,32 @@ def timestamp_token(
 
 
 class ExternalTimeStamper(HTTPTimeStamper):
-    """pyHanko's HTTP client, reading rejections too (see :class:`TimeStampResponse`)."""
+    """pyHanko's TSA client, its HTTP exchange done by :mod:`signing.fetch` (http(s) only,
+    same-host redirects, no private targets unless allowed, time and size limits), reading
+    rejections too (see :class:`TimeStampResponse`)."""
+
+    def __init__(self, url: str, *, policy: outbound.FetchPolicy = outbound.DEFAULT_POLICY,
+                 **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self.policy = policy
 
     async def async_request_tsa_response(self, req: tsp.TimeStampReq) -> tsp.TimeStampResp:
-        response = await super().async_request_tsa_response(req)
-        return TimeStampResponse.load(response.dump())
+        headers = dict(self.request_headers())
+        if self.auth:
+            user, password = self.auth[0], self.auth[1]
+            token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+            headers["Authorization"] = f"Basic {token}"
+        try:
+            response = await asyncio.to_thread(
+                outbound.fetch, self.url, req.dump(), QUERY_CONTENT_TYPE,
+                policy=self.policy, headers=headers)
+        except outbound.FetchError as exc:
+            raise Unavailable(f"the external TSA did not answer: {exc}") from None
+        try:
+            return TimeStampResponse.load(response.data)
+        except ValueError as exc:
+            raise SigningError(f"the external TSA's answer is not a TimeStampResp: {exc}") \
+                from None
 
 
 def external_timestamper(
@@ -661,10 +686,12 @@ def external_timestamper(
     *,
     auth: tuple[str, str] | None = None,
     headers: dict[str, str] | None = None,
+    policy: outbound.FetchPolicy = outbound.DEFAULT_POLICY,
 ) -> HTTPTimeStamper:
     """A client for someone else's RFC 3161 TSA, used instead of :class:`LocalTimeStamper`.
 
     Plain ``http://`` is allowed (tokens are signed and the nonce is checked), as most public
     TSAs serve it. The relying party must then trust that TSA's root too.
     """
-    return ExternalTimeStamper(url, timeout=timeout, auth=auth, headers=headers)
+    return ExternalTimeStamper(url, timeout=timeout, auth=auth, headers=headers,
+                               policy=replace(policy, timeout=min(policy.timeout, timeout)))

@@ -236,14 +236,22 @@ def _validate(pdf: bytes, env: Env) -> Any:
     )
 
 
+def loopback_fetch(url: str, body: bytes | None = None, content_type: str | None = None) -> bytes:
+    """signing.fetch with loopback allowed: the test servers listen on 127.0.0.1, which the
+    default policy refuses (as ``[fetch] allow_networks`` allows it for tests and the demo)."""
+    from signing import fetch as outbound
+
+    policy = outbound.FetchPolicy(allow_networks=outbound.parse_networks("127.0.0.0/8,::1"))
+    return outbound.fetch(url, body, content_type, policy=policy).data
+
+
 def routed_fetch(public_base: str, live_base: str) -> Any:
     """A verification fetcher that sends the URLs in our certificates (``public_base``, the
-    configured base URL, not served in tests) to the live test server instead."""
-    from signing.verify import default_fetch
+    configured base URL, not served in tests) to the live test server instead, over HTTP."""
 
     def fetch(url: str, body: bytes | None = None, content_type: str | None = None) -> bytes:
         if url.startswith(public_base):
             url = live_base + url[len(public_base) :]
-        return default_fetch(url, body, content_type)
+        return loopback_fetch(url, body, content_type)
 
     return fetch

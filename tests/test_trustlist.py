@@ -29,6 +29,7 @@ from werkzeug.serving import make_server
 from ca import status
 from ca.issuer import CertificateOrder, issue
 from hsm.api import KeyAlgorithm
+from signing import fetch as outbound
 from signing import jades, trustlist
 from signing.trustlist import TrustListError
 
@@ -341,16 +342,27 @@ def test_import_over_real_http(services: Any, region: Region, tmp_path: Path) ->
     try:
         url = f"http://127.0.0.1:{server.server_port}/trust-list"
         pin = _sha(region.signer.certificate)
-        imported = trustlist.import_trust_list(tmp_path, url, pin=pin)
+        # Loopback is refused unless the settings allow it ([fetch] allow_networks)...
+        with pytest.raises(TrustListError, match="loopback, private or link-local"):
+            trustlist.import_trust_list(tmp_path, url, pin=pin)
+        assert trustlist.load_imported(tmp_path) == []
+        # ... as the tests and the demo do.
+        loopback = outbound.FetchPolicy(allow_networks=outbound.parse_networks("127.0.0.0/8"))
+
+        def fetch(u: str) -> bytes:
+            return trustlist.fetch_list(u, loopback)
+
+        imported = trustlist.import_trust_list(tmp_path, url, pin=pin, fetch=fetch)
         assert imported.source_url == url and imported.name == "tsl-sapporo-example-jp"
         assert imported.trust_list.sequence == 20
         # The scheduler's refresh finds a newer list at the same URL, no pin needed.
         served["/trust-list"] = json.dumps(region.signed(None, services.keys, sequence=21)).encode()
-        assert trustlist.refresh_imported(tmp_path) == {"tsl-sapporo-example-jp": "ok"}
+        assert trustlist.refresh_imported(tmp_path, fetch=fetch) == {
+            "tsl-sapporo-example-jp": "ok"}
         (loaded,) = trustlist.load_imported(tmp_path)
         assert loaded.trust_list.sequence == 21
         with pytest.raises(TrustListError, match="cannot fetch"):
-            trustlist.import_trust_list(tmp_path, url + "-missing", pin=pin)
+            trustlist.import_trust_list(tmp_path, url + "-missing", pin=pin, fetch=fetch)
     finally:
         server.shutdown()
 

@@ -31,7 +31,9 @@ from ca import status
 from ca.models import AuditEntry, TsaSerial
 from hsm.errors import HsmUnavailable
 from kakuin.services import Services
+from signing import fetch as outbound
 from signing import tsa as tsa_module
+from signing.errors import Unavailable
 from signing.tsa import (
     ETSI_BTSP_POLICY,
     MAX_QUERY_BYTES,
@@ -689,7 +691,12 @@ def test_external_timestamper(
     tsa_server: tuple[str, dict[str, Any]], services: Services, home: Path
 ) -> None:
     url, state = tsa_server
-    stamper = external_timestamper(url, timeout=10)
+    # Outbound requests refuse loopback unless the settings allow it ([fetch] allow_networks).
+    with pytest.raises(Unavailable, match="loopback, private or link-local"):
+        asyncio.run(external_timestamper(url, timeout=10).async_timestamp(
+            hashlib.sha256(DATA).digest(), "sha256"))
+    loopback = outbound.FetchPolicy(allow_networks=outbound.parse_networks("127.0.0.0/8"))
+    stamper = external_timestamper(url, timeout=10, policy=loopback)
     token = asyncio.run(stamper.async_timestamp(hashlib.sha256(DATA).digest(), "sha256"))
     assert _pyhanko_status(token, DATA, home).trusted
 

@@ -42,7 +42,8 @@ BOARD_NAME = "新宿区教育委員会"
 
 # Variables of the pytest process that must not leak into an instance's environment.
 _SCRUB = ("SOFTHSM2_CONF", "KAKUIN_HOME", "KAKUIN_HSM_PIN", "KAKUIN_DATABASE_URL",
-          "KAKUIN_BASE_URL", "KAKUIN_PORT", "KAKUIN_HOST", "KAKUIN_REGION", "KAKUIN_WORKERS")
+          "KAKUIN_BASE_URL", "KAKUIN_PORT", "KAKUIN_HOST", "KAKUIN_REGION", "KAKUIN_WORKERS",
+          "KAKUIN_FETCH_ALLOW_NETWORKS", "KAKUIN_STATUS_CACHE_SECONDS")
 
 
 def free_port() -> int:
@@ -109,8 +110,12 @@ class Region:
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
+        # Both regions run on loopback, which outbound fetches refuse unless allowed; the
+        # flow checks that B sees A's revocation at once, so B caches no status.
         env.update(KAKUIN_BASE_URL=self.url, KAKUIN_REGION=self.region,
-                   KAKUIN_MAINTENANCE_INTERVAL="0", PYTHONUNBUFFERED="1")
+                   KAKUIN_MAINTENANCE_INTERVAL="0", PYTHONUNBUFFERED="1",
+                   KAKUIN_FETCH_ALLOW_NETWORKS="127.0.0.0/8,::1",
+                   KAKUIN_STATUS_CACHE_SECONDS="0")
         return env
 
     def cli(self, *args: str, timeout: float = 300) -> str:

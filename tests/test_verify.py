@@ -45,7 +45,9 @@ from signing.verify import (
     TOTAL_FAILED,
     TOTAL_PASSED,
     FetchError,
+    Limits,
     Report,
+    TooComplex,
     TrustAnchors,
     _check_eseal_profile,
     _Verdict,
@@ -54,7 +56,7 @@ from signing.verify import (
     verify_jades,
     verify_pdf,
 )
-from tests.cafixtures import Env, _call
+from tests.cafixtures import Env, _call, loopback_fetch
 from tests.fixtures_pdf import guidance_record, minimal_pdf
 
 SCHOOL = "新宿区立第一中学校"
@@ -119,7 +121,7 @@ class Kit:
                 raise FetchError(f"{url}: connection refused (test)")
             if url.startswith(self.base_url + "/"):
                 url = self.env.url + url[len(self.base_url):]
-            return default_fetch(url, body, content_type)
+            return loopback_fetch(url, body, content_type)
         return fetch
 
     def pdf(self, level: str) -> bytes:
@@ -522,3 +524,53 @@ def test_default_fetch_refuses_other_schemes() -> None:
             default_fetch(url)
     with pytest.raises(FetchError):
         default_fetch("http://127.0.0.1:9/nothing-listens-here")
+
+
+def _cover(pdf: bytes) -> bytes:
+    """An incremental update painting over page 1's content: a change no seal allows."""
+    writer = IncrementalPdfFileWriter(io.BytesIO(pdf))
+    cover = generic.StreamObject(stream_data=b"q 1 1 1 rg 55 625 490 22 re f Q")
+    writer.add_stream_to_page(0, writer.add_object(cover))
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def test_chained_difference_analysis_agrees_with_pyhankos_full_review(kit: Kit) -> None:
+    """The default review (each revision against the one before, once per document) gives the
+    verdicts of pyHanko's own review (each seal against every later revision) on documents
+    with several seals, content changed after all of them, and content changed between two
+    seals (the earlier seal fails, the later one passes)."""
+    three = seal_pdf_http(kit.env, "B-T", kit.env.school,
+                          seal_pdf_http(kit.env, "B-T", kit.env.school, kit.pdf("B-T")))
+    between = seal_pdf_http(kit.env, "B-T", kit.env.school, _cover(kit.pdf("B-T")))
+    cases = {"three seals": three, "changed after three": _cover(three),
+             "changed between": between, "B-LTA": kit.pdf("B-LTA")}
+    verdicts = {}
+    for mode in ("chained", "full"):
+        limits = Limits(diff_analysis=mode)
+        verdicts[mode] = {
+            name: [(s.indication, s.sub_indication) for s in kit.verify(doc, limits=limits)
+                   .signatures] for name, doc in cases.items()}
+    assert verdicts["chained"] == verdicts["full"], verdicts
+    got = verdicts["chained"]
+    assert got["three seals"] == [(TOTAL_PASSED, None)] * 3
+    assert got["changed after three"] == [(TOTAL_FAILED, "FORMAT_FAILURE")] * 3
+    assert got["changed between"] == [(TOTAL_FAILED, "FORMAT_FAILURE"), (TOTAL_PASSED, None)]
+    assert all(i == TOTAL_PASSED for i, _ in got["B-LTA"])
+
+
+def test_limits_refuse_before_work_and_budget_gives_a_verdict(kit: Kit) -> None:
+    three = seal_pdf_http(kit.env, "B-B", kit.env.school,
+                          seal_pdf_http(kit.env, "B-B", kit.env.school, kit.pdf("B-B")))
+    for limits, says in ((Limits(max_signatures=2), "3 signatures"),
+                         (Limits(max_revisions=2), "revisions"),
+                         (Limits(max_objects=5), "objects"),
+                         (Limits(max_pages=0), "pages")):
+        with pytest.raises(TooComplex, match=says):
+            kit.verify(three, limits=limits)
+    with pytest.raises(TooComplex, match="nested deeper"):
+        kit.verify(b'{"a":' + b"[" * 200 + b"]" * 200 + b"}", limits=Limits(max_nesting=100))
+    report = kit.verify(three, limits=Limits(time_budget=0))
+    assert report.indication == INDETERMINATE
+    assert all("time budget" in s.checks[-1].detail for s in report.signatures), report
