@@ -4,7 +4,8 @@ For each hot structure kakuin encodes by hand, the same bytes built by asn1crypt
 values (``Class(native).dump()``, what code written against asn1crypto would do), checked
 equal byte for byte first:
 
-- ``ocsp``: a pre-signed OCSP response (two SingleResponses, SHA-256 and SHA-1 CertIDs), as
+- ``ocsp``: an OCSP response with two SingleResponses (SHA-256 and SHA-1 CertIDs: a two-CertID
+  answer; pre-signed ones now hold one), as
   ``Responder._signed`` builds it; the HSM signature stubbed with a fixed one, so only
   encoding is timed.
 - ``crl``: the revokedCertificates of a CRL (``ca.crl._entry`` for each entry, with reasons

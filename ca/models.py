@@ -295,14 +295,16 @@ class CrlCounter(Base):
 
 
 class OcspResponse(Base):
-    """The current pre-signed OCSP response for one certificate."""
+    """The current pre-signed OCSP response for one certificate under one CertID hash (each
+    holds one SingleResponse: clients such as cryptography refuse more for one CertID)."""
 
     __tablename__ = "ocsp_responses"
-    __table_args__ = (UniqueConstraint("issuer_name", "serial"),)
+    __table_args__ = (UniqueConstraint("issuer_name", "serial", "hash_algorithm"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     issuer_name: Mapped[str] = mapped_column(String(64))
     serial: Mapped[str] = mapped_column(String(40))
+    hash_algorithm: Mapped[str] = mapped_column(String(16))  # the CertID's: sha256, sha1
     this_update: Mapped[datetime]
     next_update: Mapped[datetime]
     produced_at: Mapped[datetime]

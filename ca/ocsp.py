@@ -10,9 +10,11 @@ with a CertID hash we don't pre-sign are signed on the fly.
 
 Choices, and why:
 
-- Pre-signed responses carry two SingleResponses for the same certificate, with a SHA-256
-  and a SHA-1 CertID. RFC 9919 §2.2.1 allows exactly this, so one row serves new clients
-  and old ones (``openssl ocsp`` still defaults to SHA-1).
+- A request for one certificate gets exactly one SingleResponse, for the CertID it sent
+  (RFC 6960 §4.2.2.3; RFC 5019 §2.2.1 SHOULD). So each certificate has one pre-signed row
+  per CertID hash (SHA-256, and SHA-1 which ``openssl ocsp`` still defaults to), each
+  signed when first asked for. One response holding both CertIDs (which RFC 5019 permits)
+  was refused by clients that read exactly one, e.g. cryptography's ``certificate_status``.
 - ``nextUpdate = thisUpdate + validity`` (8 h by default, the CA/B Forum minimum), never
   after the responder certificate expires. A row is signed again once less than half its
   validity remains, lazily or by :meth:`Responder.refresh_stale`. HTTP caches may keep a
@@ -409,7 +411,11 @@ _LOOKUP = (
     .select_from(
         Certificate.__table__.outerjoin(
             OcspResponse.__table__,
-            and_(_R.issuer_name == _C.issuer_name, _R.serial == _C.serial),
+            and_(
+                _R.issuer_name == _C.issuer_name,
+                _R.serial == _C.serial,
+                _R.hash_algorithm == bindparam("hash"),
+            ),
         )
     )
     .where(_C.issuer_name == bindparam("issuer"), _C.serial == bindparam("serial"))
@@ -454,8 +460,8 @@ class _PresignedLookup:
         self._processors = [(i, f) for i, f in enumerate(processors) if f is not None]
         self._dbapi_error: type[Exception] = dialect.loaded_dbapi.Error
 
-    def __call__(self, issuer: str, serial: str) -> _Found | None:
-        params = {"issuer": issuer, "serial": serial}
+    def __call__(self, issuer: str, serial: str, hash_name: str) -> _Found | None:
+        params = {"issuer": issuer, "serial": serial, "hash": hash_name}
         args: Any = params if self._positional is None else [params[k] for k in self._positional]
         try:
             conn = self._engine.raw_connection()
@@ -504,7 +510,9 @@ def _upsert(dialect: str, values: dict[str, Any]) -> Any:
         raise CAError(f"OCSP response storage does not support {dialect}")
     stmt = insert(OcspResponse).values(**values)
     return stmt.on_conflict_do_update(
-        index_elements=[OcspResponse.issuer_name, OcspResponse.serial],
+        index_elements=[
+            OcspResponse.issuer_name, OcspResponse.serial, OcspResponse.hash_algorithm
+        ],
         set_={k: stmt.excluded[k] for k in ("this_update", "next_update", "produced_at", "der")},
     )
 
@@ -627,15 +635,18 @@ class Responder:
         if len(ours) == 1 and request.nonce is None:
             cert_id = request.cert_ids[0]
             serial = _serial_hex(cert_id.serial)
-            if serial is not None and cert_id.hash_name in self.presigned_hashes:
-                return self._presigned(cert_id, serial, now)
+            hash_name = cert_id.hash_name
+            if serial is not None and hash_name is not None and hash_name in self.presigned_hashes:
+                return self._presigned(cert_id, serial, hash_name, now)
         return self._on_the_fly(request, ours, now)
 
-    def _presigned(self, cert_id: CertIdRequest, serial: str, now: datetime) -> OcspResult:
-        row = self._lookup(self.issuer_name, serial)
+    def _presigned(
+        self, cert_id: CertIdRequest, serial: str, hash_name: str, now: datetime
+    ) -> OcspResult:
+        row = self._lookup(self.issuer_name, serial, hash_name)
         if row is None:  # never issued by us: unknown, not stored
             return self._on_the_fly(
-                ParsedRequest((cert_id,), None), [self._prefix[cert_id.hash_name or ""]], now
+                ParsedRequest((cert_id,), None), [self._prefix[hash_name]], now
             )
         state = _state(*row[:5])
         der, next_update = row.der, row.next_update  # both None when nothing is stored yet
@@ -643,7 +654,7 @@ class Responder:
             der is not None
             and next_update is not None
             and now < next_update
-            and self._asserts(der, serial, state, row)
+            and self._asserts(der, serial, hash_name, state, row)
         ):
             stored = OcspResult(
                 der,
@@ -656,23 +667,27 @@ class Responder:
             if now < next_update - self.validity / 2:
                 return stored
             try:
-                return self._store_signed(serial, state, now)
+                return self._store_signed(serial, hash_name, state, now)
             except Exception as exc:  # still valid and still true: better than tryLater
                 if not _temporary(exc):
                     raise
                 log.warning("ocsp: serving %s unrefreshed: %s", serial, exc)
                 return stored
-        return self._store_signed(serial, state, now)
+        return self._store_signed(serial, hash_name, state, now)
 
-    def _asserts(self, der: bytes, serial: str, state: _State, row: _Found) -> bool:
+    def _asserts(
+        self, der: bytes, serial: str, hash_name: str, state: _State, row: _Found
+    ) -> bool:
         """Whether a stored response is what we would sign now: its TBSResponseData (read by
         cryptography) equals the one built for ``state`` at the row's times, so the responder
-        key, the CertIDs, status, reason and invalidity date all match, whole.
+        key, the one CertID, status, reason and invalidity date all match, whole.
 
         Each stored response is checked once per process: the check measured 90-220 µs, a
         fifth to a third of a pre-signed answer (docs/benchmarks.md), and is answered often."""
         digest = hashlib.blake2b(der, digest_size=16).digest()
-        key = (digest, serial, state, row.this_update, row.next_update, row.produced_at)
+        key = (
+            digest, serial, hash_name, state, row.this_update, row.next_update, row.produced_at
+        )
         known = self._checked.get(key)
         if known is not None:
             return known
@@ -683,7 +698,8 @@ class Responder:
             except ValueError:  # not a successful basic response
                 stored = None
             ok = stored == self._presigned_tbs(
-                int(serial, 16), state, row.this_update, row.next_update, row.produced_at
+                int(serial, 16), hash_name, state, row.this_update, row.next_update,
+                row.produced_at,
             )
         if len(self._checked) >= _CHECKED_MAX:
             self._checked.clear()
@@ -691,17 +707,12 @@ class Responder:
         return ok
 
     def _presigned_tbs(
-        self, number: int, state: _State, this_update: datetime, next_update: datetime,
-        produced_at: datetime,
+        self, number: int, hash_name: str, state: _State, this_update: datetime,
+        next_update: datetime, produced_at: datetime,
     ) -> bytes:
-        """The pre-signed form: one SingleResponse per pre-signed CertID hash."""
-        return self._tbs(
-            [
-                self._single(self._cert_id(h, number), state, this_update, next_update)
-                for h in self.presigned_hashes
-            ],
-            produced_at,
-        )
+        """The pre-signed form: one SingleResponse, for the CertID under ``hash_name``."""
+        single = self._single(self._cert_id(hash_name, number), state, this_update, next_update)
+        return self._tbs([single], produced_at)
 
     def _cert_id(self, hash_name: str, serial: int) -> bytes:
         return seq(self._prefix[hash_name] + integer(serial))
@@ -735,15 +746,18 @@ class Responder:
         )
         return seq(b"\x0a\x01\x00", tlv(0xA0, seq(_OID_BASIC, octets(basic))))
 
-    def _store_signed(self, serial: str, state: _State, now: datetime) -> OcspResult:
-        """Sign the pre-signed form (one SingleResponse per pre-signed hash) and keep it."""
+    def _store_signed(
+        self, serial: str, hash_name: str, state: _State, now: datetime
+    ) -> OcspResult:
+        """Sign the pre-signed form (one SingleResponse, CertID under ``hash_name``), keep it."""
         next_update = self._next_update(now)
         der = self._signed_tbs(
-            self._presigned_tbs(int(serial, 16), state, now, next_update, now)
+            self._presigned_tbs(int(serial, 16), hash_name, state, now, next_update, now)
         )
         values = {
             "issuer_name": self.issuer_name,
             "serial": serial,
+            "hash_algorithm": hash_name,
             "this_update": now,
             "next_update": next_update,
             "produced_at": now,
@@ -797,13 +811,16 @@ class Responder:
     # -- keeping pre-signed responses current --
 
     def resign(self, serial: int | str, now: datetime | None = None) -> OcspResult:
-        """Sign and store ``serial``'s response now; call it after a status change so the
-        next request finds it ready (the hot path would notice the change by itself)."""
+        """Sign and store ``serial``'s responses now, one per pre-signed hash (the first is
+        returned); call it after a status change so the next request finds them ready (the
+        hot path would notice the change by itself)."""
         hex_serial = serial_hex(serial) if isinstance(serial, int) else serial_hex(int(serial, 16))
         state = self._states([hex_serial]).get(hex_serial)
         if state is None:
             raise NotFound(f"no certificate {hex_serial} from {self.issuer_name}")
-        return self._store_signed(hex_serial, state, _seconds(now))
+        now = _seconds(now)
+        results = [self._store_signed(hex_serial, h, state, now) for h in self.presigned_hashes]
+        return results[0]
 
     def refresh_stale(
         self,
@@ -814,27 +831,37 @@ class Responder:
     ) -> int:
         """Re-sign stored responses with less than half their validity left (and, with
         ``include_missing``, sign issued/revoked/held certificates that have none yet).
+        Each pre-signed hash has its own rows, so each is a query of its own.
         For a scheduler; returns how many were signed."""
         now = _seconds(now)
-        join = and_(_R.issuer_name == _C.issuer_name, _R.serial == _C.serial)
-        query = (
-            select(_C.serial, *_STATUS_COLUMNS)
-            .select_from(Certificate.__table__.outerjoin(OcspResponse.__table__, join))
-            .where(_C.issuer_name == self.issuer_name)
-        )
-        stale = _R.next_update <= now + self.validity / 2
-        if include_missing:
-            missing = and_(_R.id.is_(None), _C.status.in_(("issued", "revoked", "hold")))
-            query = query.where(stale | missing)
-        else:
-            query = query.where(_R.id.is_not(None), stale)
-        if limit is not None:
-            query = query.limit(limit)
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(query).all()
-        for r in rows:
-            self._store_signed(r.serial, _state(*r[1:]), now)
-        return len(rows)
+        signed = 0
+        for hash_name in self.presigned_hashes:
+            if limit is not None and signed >= limit:
+                break
+            join = and_(
+                _R.issuer_name == _C.issuer_name,
+                _R.serial == _C.serial,
+                _R.hash_algorithm == hash_name,
+            )
+            query = (
+                select(_C.serial, *_STATUS_COLUMNS)
+                .select_from(Certificate.__table__.outerjoin(OcspResponse.__table__, join))
+                .where(_C.issuer_name == self.issuer_name)
+            )
+            stale = _R.next_update <= now + self.validity / 2
+            if include_missing:
+                missing = and_(_R.id.is_(None), _C.status.in_(("issued", "revoked", "hold")))
+                query = query.where(stale | missing)
+            else:
+                query = query.where(_R.id.is_not(None), stale)
+            if limit is not None:
+                query = query.limit(limit - signed)
+            with self.store.engine.connect() as conn:
+                rows = conn.execute(query).all()
+            for r in rows:
+                self._store_signed(r.serial, hash_name, _state(*r[1:]), now)
+            signed += len(rows)
+        return signed
 
 
 def _current_responder_row(store: Store, issuer_name: str, now: datetime) -> Certificate:

@@ -131,17 +131,18 @@ def test_stored_ocsp_response_checked_whole(services, settings) -> None:  # type
         )).first()
     assert serial is not None
     responder.resign(serial)
-    row = responder._lookup(settings.ca.issuing_name, serial)
+    row = responder._lookup(settings.ca.issuing_name, serial, "sha256")
     assert row is not None and row.der is not None
     state = ocsp._state(*row[:5])
-    assert responder._asserts(row.der, serial, state, row)
+    assert responder._asserts(row.der, serial, "sha256", state, row)
+    assert not responder._asserts(row.der, serial, "sha1", state, row)  # the CertID, too
     when = row.updated_at or datetime.now(UTC)
     for other in (ocsp._state("revoked", "keyCompromise", when, None, when),
                   ocsp._state("revoked", "keyCompromise", when, when - timedelta(days=1), when),
                   ocsp._state(None, None, None, None, None)):
-        assert not responder._asserts(row.der, serial, other, row)
+        assert not responder._asserts(row.der, serial, "sha256", other, row)
     later = row._replace(produced_at=row.produced_at + timedelta(seconds=1))
-    assert not responder._asserts(row.der, serial, state, later)  # the row's times, too
+    assert not responder._asserts(row.der, serial, "sha256", state, later)  # the row's times
     other_serial = format(int(serial, 16) + 1, "x")
-    assert not responder._asserts(row.der, other_serial, state, row)
-    assert not responder._asserts(ocsp.TRY_LATER.der, serial, state, row)
+    assert not responder._asserts(row.der, other_serial, "sha256", state, row)
+    assert not responder._asserts(ocsp.TRY_LATER.der, serial, "sha256", state, row)

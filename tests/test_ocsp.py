@@ -355,12 +355,19 @@ def test_presigned_path_does_not_touch_the_hsm(env: Env) -> None:
     before = env.keys.signatures
     with env.store.session() as s:
         row = s.scalars(select(OcspResponse).where(
-            OcspResponse.serial == format(env.certs["alpha"].serial_number, "x"))).one()
+            OcspResponse.serial == format(env.certs["alpha"].serial_number, "x"),
+            OcspResponse.hash_algorithm == "sha1")).one()
         produced = row.produced_at
     for _ in range(5):
         assert _post(env, body)[2] == first
-    sha256 = _post(env, _request([_cert_id(env, env.certs["alpha"], "sha256")]))[2]
-    assert sha256 == first  # one row answers SHA-1 and SHA-256 CertIDs (RFC 9919 §2.2.1)
+    sha256_body = _request([_cert_id(env, env.certs["alpha"], "sha256")])
+    sha256 = _post(env, sha256_body)[2]  # its own row, one SingleResponse each (may sign)
+    assert sha256 != first
+    assert [s.hash_algorithm.name for s in _response(sha256).responses] == ["sha256"]
+    assert [s.hash_algorithm.name for s in _response(first).responses] == ["sha1"]
+    before = env.keys.signatures
+    for _ in range(3):
+        assert _post(env, body)[2] == first and _post(env, sha256_body)[2] == sha256
     assert env.keys.signatures == before
     with env.store.session() as s:
         row = s.scalars(select(OcspResponse).where(OcspResponse.id == row.id)).one()
@@ -392,11 +399,10 @@ def test_get_and_rfc_5019_headers(env: Env) -> None:
         assert headers["Content-Type"] == "application/ocsp-response"
         resp = _response(body)
         _verify(env, resp)
-        # Pre-signed: the same answer under a SHA-256 and a SHA-1 CertID (RFC 9919 §2.2.1).
-        singles = list(resp.responses)
-        assert [s.hash_algorithm.name for s in singles] == ["sha256", "sha1"]
-        assert {s.certificate_status for s in singles} == {CertStatus.GOOD}
-        single = singles[0]
+        # Pre-signed: one SingleResponse, for the CertID asked about (RFC 5019 §2.2.1).
+        (single,) = resp.responses
+        assert single.hash_algorithm.name == "sha256"
+        assert resp.certificate_status is CertStatus.GOOD
         assert single.next_update_utc is not None
         assert headers["ETag"] == f'"{hashlib.sha256(body).hexdigest()}"'
         assert _http_time(headers["Last-Modified"]) == resp.produced_at_utc
@@ -485,8 +491,9 @@ def test_refresh_and_resign_bookkeeping(env: Env) -> None:
         rows = s.scalars(select(OcspResponse)).all()
     assert responder.refresh_stale(later) == len(rows)
     with env.store.session() as s:
-        refreshed = s.scalars(select(OcspResponse).where(OcspResponse.serial == alpha)).one()
-        assert refreshed.this_update == later.replace(microsecond=0)
+        refreshed_rows = s.scalars(select(OcspResponse).where(OcspResponse.serial == alpha)).all()
+        assert sorted(r.hash_algorithm for r in refreshed_rows) == ["sha1", "sha256"]
+        assert {r.this_update for r in refreshed_rows} == {later.replace(microsecond=0)}
     # Bring the rows back to the present for whatever runs next.
     for row in rows:
         responder.resign(row.serial)
@@ -509,9 +516,10 @@ def test_refresh_and_resign_bookkeeping(env: Env) -> None:
     # include_missing pre-signs certificates nobody has asked about yet (warm-up).
     with env.store.session() as s:
         s.query(OcspResponse).filter(OcspResponse.serial == alpha).delete()
-    assert responder.refresh_stale(include_missing=True) >= 1
+    assert responder.refresh_stale(include_missing=True) >= 2
     with env.store.session() as s:
-        assert s.scalars(select(OcspResponse).where(OcspResponse.serial == alpha)).one()
+        rows = s.scalars(select(OcspResponse).where(OcspResponse.serial == alpha)).all()
+        assert sorted(r.hash_algorithm for r in rows) == ["sha1", "sha256"]
 
 
 def test_pki_certificates(env: Env) -> None:
@@ -598,3 +606,44 @@ def test_responder_certificate_renewal(settings: Any, services: Any, tmp_path: P
             svc.keys.destroy(ref)
     finally:
         store.dispose(close=True)
+
+
+def test_one_cert_id_gets_one_single_response(env: Env) -> None:
+    """RFC 6960 §4.2.2.3 / RFC 5019 §2.2.1: a request for one certificate is answered with one
+    SingleResponse, for the CertID it sent, over POST and GET and for either hash, since
+    cryptography's ``certificate_status`` (and clients like it) refuse any other count.
+    Cross-checked with ``openssl ocsp -respin``."""
+    pki = env.pki
+    for name in ("alpha", "bravo"):
+        for algorithm in (hashes.SHA1(), hashes.SHA256()):  # noqa: S303
+            der = (x509_ocsp.OCSPRequestBuilder()
+                   .add_certificate(env.certs[name], env.issuer, algorithm)
+                   .build().public_bytes(serialization.Encoding.DER))
+            request = x509_ocsp.load_der_ocsp_request(der)
+            encoded = urllib.parse.quote(base64.b64encode(der).decode(), safe="")
+            for method, (status, _, body) in (("POST", _post(env, der)),
+                                              ("GET", _get(env, f"/ocsp/{encoded}"))):
+                assert status == 200, (method, body)
+                resp = _response(body)
+                assert resp.response_status is Status.SUCCESSFUL, method
+                _verify(env, resp)
+                assert len(list(resp.responses)) == 1, (name, algorithm.name, method)
+                assert resp.certificate_status in (CertStatus.GOOD, CertStatus.REVOKED)
+                assert resp.hash_algorithm.name == algorithm.name
+                assert resp.serial_number == request.serial_number
+                assert resp.issuer_name_hash == request.issuer_name_hash
+                assert resp.issuer_key_hash == request.issuer_key_hash
+                saved = env.tmp / f"resp-{name}-{algorithm.name}-{method}.der"
+                saved.write_bytes(body)
+                out = subprocess.run(
+                    ["openssl", "ocsp", "-respin", str(saved), "-resp_text",
+                     *(["-sha256"] if algorithm.name == "sha256" else []),  # before -cert
+                     "-issuer", str(pki / "kakuin-issuing-ca.pem"), "-cert", str(env.leaves[name]),
+                     "-CAfile", str(pki / "kakuin-root-ca.pem"),
+                     "-verify_other", str(pki / "kakuin-issuing-ca.pem")],
+                    capture_output=True, text=True, timeout=60, check=False)
+                text = out.stdout + out.stderr
+                assert out.returncode == 0 and "Response verify OK" in text, text
+                assert text.count("Cert Status:") == 1, text
+                assert f"Hash Algorithm: {algorithm.name}" in text, text
+                assert _status_line(text, env, name) in ("good", "revoked"), text
