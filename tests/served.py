@@ -170,6 +170,8 @@ class Served:
                                 {"kind": "school", "name_ja": SCHOOL_NAME,
                                  "school_code": "C113210000010"}, self.officer)
         self.school_id = int(school["id"])
+        # A school its board registers is pending until the operator confirms it (RA model).
+        self.cli_json("org", "confirm", str(self.school_id))
         self.school_token = self.cli_json("token", "create", "--org", str(self.school_id),
                                           "--role", "school-system", "--name", "sys")["token"]
         req = self.post_json("/api/v1/seal-requests",
