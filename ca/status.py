@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from ca import audit as _audit
 from ca import crl as _crl
 from ca import ocsp as _ocsp
+from ca import strictjson
 from ca.clients import Principal, Unauthenticated, authenticate
 from ca.errors import CAError, Conflict, Forbidden, InvalidRequest, NotFound
 from ca.models import Certificate, Organization, TsaSerial, UsedToken, serial_hex
@@ -46,6 +47,7 @@ __all__ = [
     "record",
     "record_tsa_serial",
     "seal_credential",
+    "strictjson",
     "trust_list_credential",
     "tsa_credential",
 ]

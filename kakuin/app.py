@@ -20,7 +20,7 @@ from ca import protocol_api
 from ca.errors import CAError
 from hsm.api import HashAlg, KeyRef, SignScheme
 from hsm.errors import HsmError
-from kakuin import logs
+from kakuin import jsonbody, logs
 from kakuin.services import HEALTHCHECK_KEY_LABEL, Services
 from kakuin.settings import Settings, load_settings
 from signing import api as signing_api
@@ -63,8 +63,9 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
     settings = settings or load_settings()
     logs.configure(settings.log_level)
     app = Flask("kakuin")
+    app.json = jsonbody.StrictJSONProvider(app)  # every request.get_json() is strict
     app.config["MAX_CONTENT_LENGTH"] = 32 * 1024 * 1024
-    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    app.json.ensure_ascii = False
     svc = svc or Services.build(settings)
     app.extensions["kakuin"] = svc
     app.extensions["ca"] = svc.ca
