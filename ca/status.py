@@ -24,6 +24,7 @@ from ca import ocsp as _ocsp
 from ca import strictjson
 from ca.clients import Principal, Unauthenticated, authenticate
 from ca.errors import CAError, Conflict, Forbidden, InvalidRequest, NotFound
+from ca.faults import pause_point
 from ca.models import Certificate, Organization, TsaSerial, UsedToken, serial_hex
 from ca.store import Store
 from hsm.api import KeyManager
@@ -44,6 +45,7 @@ __all__ = [
     "crl_der",
     "may_seal",
     "ocsp_response_der",
+    "pause_point",
     "record",
     "record_tsa_serial",
     "seal_credential",

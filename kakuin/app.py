@@ -8,6 +8,7 @@ import secrets
 import threading
 import time
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes, serialization
@@ -16,7 +17,7 @@ from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from ca import api as ca_api
-from ca import protocol_api
+from ca import protocol_api, reconcile
 from ca.errors import CAError
 from hsm.api import HashAlg, KeyRef, SignScheme
 from hsm.errors import HsmError
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
     app.config["MAX_CONTENT_LENGTH"] = 32 * 1024 * 1024
     app.json.ensure_ascii = False
     svc = svc or Services.build(settings)
+    reconcile_abandoned(svc)
     app.extensions["kakuin"] = svc
     app.extensions["ca"] = svc.ca
     app.config["KAKUIN_PKI_DIR"] = str(settings.pki_dir)
@@ -189,6 +191,15 @@ def _register_error_handlers(app: Flask) -> None:
         )
 
 
+def reconcile_abandoned(svc: Services) -> None:
+    """Finish or fail what a dead worker left half-done (``ca.reconcile``); never fatal."""
+    try:
+        reconcile.reconcile(svc.store, svc.keys, grace=timedelta(
+            seconds=svc.settings.status.reconcile_grace_seconds))
+    except Exception:
+        log.exception("reconcile failed")
+
+
 def start_maintenance(svc: Services) -> threading.Thread | None:
     """Run the CA's scheduled work in a daemon thread of this (worker) process."""
     interval = svc.settings.status.maintenance_interval_seconds
@@ -199,6 +210,7 @@ def start_maintenance(svc: Services) -> threading.Thread | None:
     def loop() -> None:
         while not stop.is_set():
             try:
+                reconcile_abandoned(svc)
                 done = svc.ca.maintain()
                 done["trust_lists"] = trustlist.refresh_imported(svc.settings.home)
                 if done["crls_published"] or done["ocsp_refreshed"] or done["responder_renewed"]:
