@@ -17,12 +17,13 @@ import uuid
 from typing import Any
 from urllib.parse import quote, urlencode
 
-import pytest
 from flask import Flask
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import select
 from werkzeug.routing import Rule
 
+from ca.models import Certificate
 from kakuin.app import create_app
 from tests.cafixtures import Env
 from tests.fixtures_pdf import minimal_pdf
@@ -114,10 +115,11 @@ def test_every_endpoint_survives_a_hostile_sweep(sealer: Env) -> None:
 # -- random requests -----------------------------------------------------------------------
 
 
-def _json_values() -> st.SearchStrategy[Any]:
+def _json_values(known: list[Any]) -> st.SearchStrategy[Any]:
+    """Any JSON, often with real ids (so handlers get past their lookups) or hostile text."""
     scalars = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
                | st.floats(allow_nan=False, allow_infinity=False)
-               | st.text(max_size=40) | st.sampled_from(HOSTILE_TEXT))
+               | st.text(max_size=40) | st.sampled_from(HOSTILE_TEXT) | st.sampled_from(known))
     return st.recursive(
         scalars,
         lambda inner: st.lists(inner, max_size=4)
@@ -127,11 +129,11 @@ def _json_values() -> st.SearchStrategy[Any]:
 
 
 @st.composite
-def requests(draw: st.DrawFn, rules: list[Rule], env: Env) -> tuple[str, str, bytes | None,
-                                                                        str | None, str | None]:
+def requests(draw: st.DrawFn, rules: list[Rule], env: Env, known: dict[str, Any],
+             ) -> tuple[str, str, bytes | None, str | None, str | None]:
     rule = draw(st.sampled_from(rules))
     method = draw(st.sampled_from(_methods(rule)))
-    real = {"serial": env.__dict__.get("_serial", "1"), "uuid": str(uuid.uuid4())}
+    real = {"serial": known["serial"], "uuid": known["request"]}
     values = {}
     for arg in rule.arguments:
         kind = _converter(rule, arg)
@@ -157,7 +159,8 @@ def requests(draw: st.DrawFn, rules: list[Rule], env: Env) -> tuple[str, str, by
         return method, path, None, None, token
     kind = draw(st.sampled_from(["json", "json-text", "bytes", "form", "multipart", "none"]))
     if kind == "json":
-        body = json.dumps(draw(_json_values()), ensure_ascii=draw(st.booleans())).encode(
+        body = json.dumps(draw(_json_values(list(known.values()))),
+                          ensure_ascii=draw(st.booleans())).encode(
             "utf-8", "surrogatepass")
         return method, path, body, "application/json", token
     if kind == "json-text":
@@ -192,13 +195,14 @@ def requests(draw: st.DrawFn, rules: list[Rule], env: Env) -> tuple[str, str, by
 
 def test_random_requests_never_get_a_5xx(sealer: Env) -> None:
     rules = _app_rules(sealer)
+    known = _known(sealer)
     started = time.monotonic()
 
     @settings(max_examples=EXAMPLES, deadline=None, derandomize=False, database=None,
               suppress_health_check=list(HealthCheck))
     @given(data=st.data())
     def run(data: st.DataObject) -> None:
-        method, path, body, ctype, token = data.draw(requests(rules, sealer))
+        method, path, body, ctype, token = data.draw(requests(rules, sealer, known))
         code, headers, raw = _send(sealer, method, path, body, ctype, token)
         _check(sealer, method, path, code, headers, raw)
 
@@ -206,13 +210,11 @@ def test_random_requests_never_get_a_5xx(sealer: Env) -> None:
     assert time.monotonic() - started < 90, "fuzzing exceeded its time budget"
 
 
-@pytest.fixture(autouse=True)
-def _real_serial(sealer: Env) -> None:
-    """Let path strategies use a serial that exists (so handlers go past the lookup)."""
-    from sqlalchemy import select
-
-    from ca.models import Certificate
-
-    with sealer.store.session() as s:
-        serial = s.scalar(select(Certificate.serial).where(Certificate.kind == "eseal"))
-    sealer.__dict__["_serial"] = serial or "1"
+def _known(env: Env) -> dict[str, Any]:
+    """Ids that exist in this database: the school's seal, its CSC credential, a request."""
+    with env.store.session() as s:
+        cert = s.execute(select(Certificate.serial, Certificate.seal_request_id)
+                         .where(Certificate.kind == "eseal")).first()
+    assert cert is not None
+    return {"serial": cert.serial, "credential": f"{env.school_id}-{cert.serial}",
+            "request": cert.seal_request_id, "school": env.school_id, "board": env.board_a}

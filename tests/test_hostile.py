@@ -351,3 +351,40 @@ def test_ocsp_and_tsa_answer_hostile_input_in_protocol_terms(env: Env) -> None:
     for path in ("/ocsp/" + "A" * 10_000, "/ocsp/%00", "/ocsp/" + "%ff" * 10):
         code, _, _ = _request(env.url + path)
         assert code < 500
+
+
+# -- CSC: every field of every method, wrong types and sizes ----------------------------------
+
+CSC_HOSTILE = [None, True, 10**30, -1, 1.5, "x" * 100_000, [], {}, ["%%%"], [""] * 1000,
+               "\u0000", "\ud800", [10**30], {"a": [1]}]
+
+
+def test_csc_fields_with_wrong_types_and_sizes(sealer: Env) -> None:
+    import base64
+    import hashlib
+
+    code, _, raw = _request(f"{sealer.url}/csc/v2/credentials/list", "POST", b"{}",
+                            "application/json", sealer.school)
+    assert code == 200, raw
+    cred = json.loads(raw)["credentialIDs"][0]
+    digest = base64.b64encode(hashlib.sha256(b"x").digest()).decode()
+    bases = {
+        "credentials/list": {"credentialInfo": True, "certificates": "chain", "certInfo": True},
+        "credentials/info": {"credentialID": cred, "certificates": "chain", "certInfo": True},
+        "credentials/authorize": {"credentialID": cred, "numSignatures": 1, "hashes": [digest],
+                                  "hashAlgorithmOID": "2.16.840.1.101.3.4.2.1"},
+        "signatures/signHash": {"credentialID": cred, "SAD": "x", "hashes": [digest],
+                                "signAlgo": "1.2.840.10045.4.3.2",
+                                "hashAlgorithmOID": "2.16.840.1.101.3.4.2.1",
+                                "signAlgoParams": "", "operationMode": "S"},
+    }
+    for version in ("v1", "v2"):
+        for method, base in bases.items():
+            for name in [*base, "hash", "hashAlgo"]:
+                for value in CSC_HOSTILE:
+                    body = json.dumps({**base, name: value}).encode("utf-8", "surrogatepass")
+                    code, _, raw = _request(f"{sealer.url}/csc/{version}/{method}", "POST",
+                                            body, "application/json", sealer.school)
+                    assert code < 500, (version, method, name, str(value)[:40], raw[:300])
+                    if code != 200:
+                        assert set(json.loads(raw)) == {"error", "error_description"}, raw
