@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from itertools import accumulate
 from typing import Any
 
 from ca.errors import CAError
@@ -25,9 +26,11 @@ __all__ = ["DEFAULT_MAX_DEPTH", "MAX_NUMBER_CHARS", "BadJSON", "loads"]
 
 DEFAULT_MAX_DEPTH = 32
 MAX_NUMBER_CHARS = 400
-# A string (possibly unterminated: it then runs to the end, which keeps the scan linear)
-# or one structural bracket. Brackets inside strings are skipped with their string.
-_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*+(?:"|\Z)|[\[\]{}]', re.DOTALL)
+# A string (possibly unterminated: it then runs to the end, which keeps the scan linear);
+# brackets inside strings are removed with their string before the brackets are counted.
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*+(?:"|\Z)', re.DOTALL)
+_BRACKET = re.compile(r"[\[\]{}]")
+_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 _ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
@@ -72,16 +75,10 @@ def _int(text: str) -> int:
 
 
 def depth(text: str) -> int:
-    """The deepest nesting of arrays/objects in ``text``, without parsing (no recursion)."""
-    level = deepest = 0
-    for match in _TOKENS.finditer(text):
-        char = match.group()
-        if char in "[{":
-            level += 1
-            deepest = max(deepest, level)
-        elif char in "]}":
-            level -= 1
-    return deepest
+    """The deepest nesting of arrays/objects in ``text``, without parsing (no recursion;
+    the loops run in C: about as fast as ``json.loads`` itself)."""
+    brackets = _BRACKET.findall(_STRING.sub("", text))
+    return max(accumulate(map(_STEP.__getitem__, brackets)), default=0)
 
 
 def _check_strings(value: Any, what: str) -> None:
