@@ -388,3 +388,29 @@ def test_csc_fields_with_wrong_types_and_sizes(sealer: Env) -> None:
                     assert code < 500, (version, method, name, str(value)[:40], raw[:300])
                     if code != 200:
                         assert set(json.loads(raw)) == {"error", "error_description"}, raw
+
+
+def test_hostile_headers(sealer: Env) -> None:
+    """Authorization, Accept, X-Request-ID and Content-Type as an attacker writes them."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(sealer.url)
+    auths = [b"Bearer", b"Bearer ", b"Basic Zm9vOmJhcg==", b"Bearer \xe9\xff", b"Bearer " +
+             b"A" * 8000, b"bearer " + sealer.school.encode(), b"Bearer a b c", b"\x7f"]
+    paths = ["/api/v1/seal-requests", "/api/v1/organizations/1", "/csc/v2/credentials/list",
+             "/api/v1/seal/json", f"/api/v1/certificates/{'1' * 40}"]
+    for auth in auths:
+        for path in paths:
+            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+            conn.putrequest("POST" if "organizations/" not in path else "GET", path)
+            conn.putheader("Authorization", auth)
+            conn.putheader("Accept", b"application/pkix-cert;q=\xff, */*;q=nan")
+            conn.putheader("X-Request-ID", b"\xff" * 100)
+            conn.putheader("Content-Type", b"application/json; charset=\xe9")
+            conn.putheader("Content-Length", "2")
+            conn.endheaders(b"{}")
+            response = conn.getresponse()
+            response.read()
+            conn.close()
+            assert response.status < 500, (auth[:20], path, response.status)
