@@ -368,7 +368,10 @@ def seal_pdf(
         raise Unavailable(f"{type(exc).__name__}: {_reason(exc)}") from exc
     except PyHankoSigningError as exc:
         raise _signing_problem(exc) from exc
-    except (PdfError, KeyError, IndexError, TypeError, ValueError) as exc:
+    except (PdfError, KeyError, IndexError, TypeError, ValueError, ArithmeticError,
+            RecursionError) as exc:
+        # Hostile structure or geometry (e.g. an existing field with a 0.0001 pt /Rect makes
+        # pyHanko divide by zero): found while preparing, before anything is signed.
         raise BadDocument(f"cannot seal this PDF: {_reason(exc)}") from exc
 
 

@@ -414,3 +414,45 @@ def test_hostile_headers(sealer: Env) -> None:
             response.read()
             conn.close()
             assert response.status < 500, (auth[:20], path, response.status)
+
+
+def _with_empty_field(rect: bytes) -> bytes:
+    """A PDF with an empty signature field "Tiny" whose /Rect is ``rect`` (11 bytes, patched
+    in place so the cross-reference offsets stay right: pyHanko itself refuses such boxes)."""
+    import io
+
+    from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
+    from pyhanko.sign import fields
+
+    out = io.BytesIO()
+    writer = IncrementalPdfFileWriter(io.BytesIO(minimal_pdf()))
+    fields.append_signature_field(writer, fields.SigFieldSpec("Tiny", on_page=0,
+                                                              box=(0, 0, 99999, 99999)))
+    writer.write(out)
+    assert len(rect) == 11
+    return out.getvalue().replace(b"/Rect [ 0 0 99999 99999 ]", b"/Rect [ 0 0 " + rect + b" ]")
+
+
+@pytest.mark.parametrize("rect", [b".0001 .0001", b"0     0    ", b"0.5   400  ", b"1e9   1e9  ",
+                                  b"99999 99999", b"-1    -1   ", b"nan   nan  "])
+def test_hostile_existing_signature_field_is_4xx(sealer: Env, rect: bytes) -> None:
+    """The document's own empty field decides where the stamp goes: its size is hostile too."""
+    before = _audit_count(sealer)
+    code, headers, raw = _seal_pdf(sealer, {"field": "Tiny"}, _with_empty_field(rect))
+    if code != 200:
+        _problem(code, headers, raw)
+        with sealer.store.session() as s:
+            actions = s.scalars(select(AuditEntry.action).where(AuditEntry.seq > before)).all()
+        assert "seal.pdf" not in actions
+
+
+@pytest.mark.parametrize("box", [b"[0 0 0.0 0.0]", b"[0 0 -95 -42]", b"[0 0 1e9 1e9]",
+                                 b"[0 0 abc def]", b"[0 0 595]   ", b"[0 0 595 8e9]",
+                                 b"(not a box) ", b"[[[[[[]]]]]] "])
+def test_hostile_media_box_is_4xx(sealer: Env, box: bytes) -> None:
+    """The page geometry decides where the default stamp goes: hostile values are refused."""
+    document = minimal_pdf().replace(b"/MediaBox [0 0 595 842]", b"/MediaBox " + box[:13])
+    for fields in ({}, {"page": "-1"}, {"box": "10,10,100,100"}):
+        code, headers, raw = _seal_pdf(sealer, fields, document)
+        if code != 200:
+            _problem(code, headers, raw)
