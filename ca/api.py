@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from datetime import datetime
 from typing import Any
 
@@ -14,18 +15,18 @@ from sqlalchemy import select
 
 from ca import enrollment, registry, revocation
 from ca.clients import Principal, authenticate, deny, may_read
-from ca.errors import CAError, Forbidden, InvalidRequest, NotFound
+from ca.errors import Forbidden, InvalidRequest, NotFound
 from ca.models import Certificate, Organization, SealRequest
 from ca.openapi import OPENAPI
 from ca.service import CAService
+from ca.strictjson import BadJSON
 
 bp = Blueprint("ca_api", __name__, url_prefix="/api/v1")
-
-
-class BadJSON(CAError):
-    status = 400
-    type = "api/bad-json"
-    title = "Request body is not the expected JSON"
+# Row ids are 32-bit INTEGER columns on PostgreSQL: larger ids in a path are simply not found
+# (never a database overflow error); in a body they are refused.
+MAX_ID = 2**31 - 1
+_ID = f"int(max={MAX_ID})"
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
 def _svc() -> CAService:
@@ -45,7 +46,7 @@ def _principal() -> Principal:
 def _json() -> dict[str, Any]:
     if not request.is_json:
         raise BadJSON("send Content-Type: application/json")
-    body = request.get_json(silent=True)
+    body = request.get_json()  # strict: the app's JSON provider is ca.strictjson
     if not isinstance(body, dict):
         raise BadJSON("the body must be a JSON object")
     return body
@@ -59,6 +60,8 @@ def _str(body: dict[str, Any], key: str, *, required: bool = True, max_len: int 
         return None
     if not isinstance(value, str) or not value or len(value) > max_len:
         raise InvalidRequest(f"'{key}' must be a non-empty string of at most {max_len} characters")
+    if "\x00" in value:  # no column takes NUL (PostgreSQL refuses it outright)
+        raise InvalidRequest(f"'{key}' must not contain NUL characters")
     return value
 
 
@@ -66,8 +69,15 @@ def _int(body: dict[str, Any], key: str, *, required: bool = True) -> Any:
     value = body.get(key)
     if value is None and not required:
         return None
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidRequest(f"'{key}' must be an integer")
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_ID:
+        raise InvalidRequest(f"'{key}' must be an integer id from 1 to {MAX_ID}")
+    return value
+
+
+def _request_uuid(value: str) -> str:
+    """Seal request ids are UUIDs; anything else cannot exist (no database lookup)."""
+    if not _UUID.match(value):
+        raise NotFound(f"seal request {value[:64]!r} not found")
     return value
 
 
@@ -155,7 +165,7 @@ def create_organization() -> Any:
     return jsonify(data), 201, {"Location": f"/api/v1/organizations/{data['id']}"}
 
 
-@bp.get("/organizations/<int:org_id>")
+@bp.get(f"/organizations/<{_ID}:org_id>")
 def get_organization(org_id: int) -> Any:
     principal = _principal()
     with _svc().store.session() as s:
@@ -165,7 +175,7 @@ def get_organization(org_id: int) -> Any:
         return jsonify(_org_json(org))
 
 
-@bp.post("/organizations/<int:org_id>/confirm")
+@bp.post(f"/organizations/<{_ID}:org_id>/confirm")
 def confirm_organization(org_id: int) -> Any:
     """The operator confirms a school a board registered (``pending`` -> ``active``)."""
     principal = _principal()
@@ -177,7 +187,7 @@ def confirm_organization(org_id: int) -> Any:
         return jsonify(_org_json(org))
 
 
-@bp.get("/organizations/<int:org_id>/certificates")
+@bp.get(f"/organizations/<{_ID}:org_id>/certificates")
 def organization_certificates(org_id: int) -> Any:
     principal = _principal()
     with _svc().store.session() as s:
@@ -281,6 +291,7 @@ def create_seal_request() -> Any:
 @bp.get("/seal-requests/<request_uuid>")
 def get_seal_request(request_uuid: str) -> Any:
     principal = _principal()
+    request_uuid = _request_uuid(request_uuid)
     return jsonify(
         _request_json(enrollment.get(_svc().store, principal, request_uuid, request_id=_rid()))
     )
@@ -289,6 +300,7 @@ def get_seal_request(request_uuid: str) -> Any:
 @bp.post("/seal-requests/<request_uuid>/approve")
 def approve_seal_request(request_uuid: str) -> Any:
     principal = _principal()
+    request_uuid = _request_uuid(request_uuid)
     svc = _svc()
     row, _cert = enrollment.approve(
         svc.store,
@@ -307,6 +319,7 @@ def approve_seal_request(request_uuid: str) -> Any:
 @bp.post("/seal-requests/<request_uuid>/reject")
 def reject_seal_request(request_uuid: str) -> Any:
     principal = _principal()
+    request_uuid = _request_uuid(request_uuid)
     body = _json() if request.data else {}
     svc = _svc()
     row = enrollment.reject(

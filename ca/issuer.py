@@ -30,6 +30,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ca import audit, lint
 from ca.errors import CAError, DuplicateEntry
+from ca.faults import pause_point
 from ca.models import Certificate, serial_hex
 from ca.profiles import Profile
 from ca.store import Store
@@ -318,6 +319,7 @@ def issue(
 ) -> x509.Certificate:
     """Issue one certificate in the order described in the module docstring."""
     not_before = (now or datetime.now(UTC)).replace(microsecond=0)
+    pause_point("issue.before-reserve")
     serial, row_id = _reserve(store, authority, order, not_before)
     builder = build(authority, order, serial, not_before)
     algorithm = hash_for(authority.key)
@@ -341,8 +343,9 @@ def issue(
             raise LintFailed(f"refused to issue: {detail}", bad)
 
     with store.session() as s:
-        row = s.get(Certificate, row_id)
+        row = s.get(Certificate, row_id, with_for_update=True)
         assert row is not None
+        _still(row, "reserved")
         row.tbs_der = precert.tbs_certificate_bytes
         row.not_after = precert.not_valid_after_utc
         row.status = "linted"
@@ -358,6 +361,7 @@ def issue(
             details={"profile": order.profile.name, "subject": row.subject},
         )
 
+    pause_point("issue.linted")
     try:
         cert = builder.sign(authority.key, algorithm)
     except Exception as exc:
@@ -381,10 +385,12 @@ def issue(
         )
         raise SigningFailed("signed certificate differs from the linted one")
 
+    pause_point("issue.signed")
     der = cert.public_bytes(serialization.Encoding.DER)
     with store.session() as s:
-        row = s.get(Certificate, row_id)
+        row = s.get(Certificate, row_id, with_for_update=True)
         assert row is not None
+        _still(row, "linted")  # never store a certificate the reconciler declared not issued
         row.der = der
         row.status = "issued"
         audit.record(
@@ -398,7 +404,16 @@ def issue(
             request_id=request_id,
             details={"profile": order.profile.name},
         )
+    pause_point("issue.stored")
     return cert
+
+
+def _still(row: Certificate, expected: str) -> None:
+    """The row is where this issuance left it; else ``ca.reconcile`` took it over (this
+    worker stalled past the grace period) and its decision stands."""
+    if row.status != expected:
+        raise SigningFailed(f"certificate {row.serial} is {row.status}, not {expected}: "
+                            "abandoned and reconciled while this issuance stalled")
 
 
 def find_issued(store: Store, issuer_name: str, serial: int) -> Certificate | None:

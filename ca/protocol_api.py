@@ -25,7 +25,8 @@ bp = Blueprint("ca_protocol", __name__)
 
 OCSP_RESPONSE = "application/ocsp-response"
 PKI_DIR_CONFIG = "KAKUIN_PKI_DIR"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*$")
+# CA names are at most 64 characters (the issuer_name column): longer is never a file here.
+_NAME = re.compile(r"^(?=.{1,64}$)[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*$")
 """Published file names: no path separators, no leading dot, no '..'."""
 
 

@@ -14,6 +14,7 @@ from cryptography.x509.oid import NameOID
 
 from ca import crl, ocsp, status
 from ca.authorities import issuing_authority
+from ca.faults import pause_point
 from ca.issuer import CertificateOrder, IssuingAuthority, issue
 from ca.models import Certificate
 from ca.profiles import Profile
@@ -65,7 +66,10 @@ class CAService:
 
     def status_changed(self, cert: Certificate) -> None:
         """Make a revocation, suspension or its lifting visible at once: re-sign the
-        certificate's OCSP response and publish its issuer's CRL again."""
+        certificate's OCSP response and publish its issuer's CRL again. A crash before
+        this runs is harmless: the OCSP hot path re-signs a stored response that no longer
+        matches the certificate, and the scheduler's ``crl.publish_due`` sees the change."""
+        pause_point("status.changed")
         if cert.issuer_name == self.issuing_name:
             ocsp.resign(self.store, self.keys, cert.issuer_name, cert.serial)
         self.publish_crl(cert.issuer_name, actor="revocation")

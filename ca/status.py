@@ -23,8 +23,10 @@ from sqlalchemy.exc import IntegrityError
 from ca import audit as _audit
 from ca import crl as _crl
 from ca import ocsp as _ocsp
+from ca import strictjson
 from ca.clients import Principal, Unauthenticated, authenticate
 from ca.errors import CAError, Conflict, DuplicateEntry, Forbidden, InvalidRequest, NotFound
+from ca.faults import pause_point
 from ca.groupcommit import TsaSerialRegister
 from ca.models import Certificate, Organization, TsaSerial, UsedToken, serial_hex
 from ca.store import Store
@@ -48,9 +50,11 @@ __all__ = [
     "crl_der",
     "may_seal",
     "ocsp_response_der",
+    "pause_point",
     "record",
     "record_tsa_serial",
     "seal_credential",
+    "strictjson",
     "trust_list_credential",
     "tsa_credential",
 ]

@@ -8,6 +8,7 @@ import secrets
 import threading
 import time
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes, serialization
@@ -16,12 +17,12 @@ from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from ca import api as ca_api
-from ca import protocol_api
+from ca import protocol_api, reconcile
 from ca.errors import CAError
 from ca.scheduler import ClusterScheduler
 from hsm.api import HashAlg, KeyRef, SignScheme
 from hsm.errors import HsmError
-from kakuin import homedir, logs, metrics, ratelimit
+from kakuin import homedir, jsonbody, logs, metrics, ratelimit
 from kakuin.console import views as console
 from kakuin.services import HEALTHCHECK_KEY_LABEL, Services
 from kakuin.settings import Settings, load_settings
@@ -66,9 +67,11 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
     logs.configure(settings.log_level)
     homedir.secure_home(settings)
     app = Flask("kakuin")
+    app.json = jsonbody.StrictJSONProvider(app)  # every request.get_json() is strict
     app.config["MAX_CONTENT_LENGTH"] = 32 * 1024 * 1024
-    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    app.json.ensure_ascii = False
     svc = svc or Services.build(settings)
+    reconcile_abandoned(svc)
     app.extensions["kakuin"] = svc
     app.extensions["ca"] = svc.ca
     app.config["KAKUIN_PKI_DIR"] = str(settings.pki_dir)
@@ -198,6 +201,15 @@ def _register_error_handlers(app: Flask) -> None:
         )
 
 
+def reconcile_abandoned(svc: Services) -> None:
+    """Finish or fail what a dead worker left half-done (``ca.reconcile``); never fatal."""
+    try:
+        reconcile.reconcile(svc.store, svc.keys, grace=timedelta(
+            seconds=svc.settings.status.reconcile_grace_seconds))
+    except Exception:
+        log.exception("reconcile failed")
+
+
 def start_maintenance(svc: Services) -> threading.Thread | None:
     """Run the CA's scheduled work in a daemon thread of this (worker) process.
 
@@ -221,6 +233,7 @@ def start_maintenance(svc: Services) -> threading.Thread | None:
                 started, ok = time.perf_counter(), False
                 done: dict[str, Any] = {}
                 try:
+                    reconcile_abandoned(svc)
                     done = svc.ca.maintain()
                     done["trust_lists"] = trustlist.refresh_imported(
                         svc.settings.home, fetch=svc.signing.fetch_trust_list)

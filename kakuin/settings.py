@@ -77,6 +77,7 @@ class CASettings:
 class StatusSettings:
     crl_validity_hours: float
     maintenance_interval_seconds: float
+    reconcile_grace_seconds: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -221,6 +222,7 @@ _ENV = {
     "KAKUIN_HSM_TOKEN_LABEL": ("hsm", "token_label"),
     "KAKUIN_HSM_SESSIONS": ("hsm", "sessions"),
     "KAKUIN_MAINTENANCE_INTERVAL": ("status", "maintenance_interval_seconds"),
+    "KAKUIN_RECONCILE_GRACE": ("status", "reconcile_grace_seconds"),
     "KAKUIN_TSA_CLOCK_CHECK": ("signing", "tsa_clock_check"),
     "KAKUIN_REGION": ("trust", "region"),
     "KAKUIN_EXTERNAL_TSA_URL": ("signing", "external_tsa_url"),
@@ -330,6 +332,7 @@ def load_settings(home: Path | str | None = None, **overrides: Any) -> Settings:
             status=StatusSettings(
                 crl_validity_hours=float(status["crl_validity_hours"]),
                 maintenance_interval_seconds=float(status["maintenance_interval_seconds"]),
+                reconcile_grace_seconds=float(status.get("reconcile_grace_seconds", 300)),
             ),
             signing=SigningSettings(
                 tsa_policy_oid=str(signing["tsa_policy_oid"]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -18,6 +19,8 @@ from signing.tsa import MAX_QUERY_BYTES
 bp = Blueprint("signing", __name__, template_folder="templates", static_folder="static",
                static_url_path="/verify/static")
 MAX_TSA_QUERY = MAX_QUERY_BYTES
+MAX_ID = 2**31 - 1  # row ids are 32-bit INTEGER columns on PostgreSQL
+_INT = re.compile(r"-?[0-9]{1,10}\Z")
 
 
 def _svc() -> SigningService:
@@ -35,10 +38,14 @@ def _organization(principal: status.Principal) -> int:
         if principal.organization_id is None:
             raise SigningError("'organization_id' is required")
         return principal.organization_id
-    try:
-        return int(raw)
-    except ValueError:
-        raise SigningError("'organization_id' must be an integer") from None
+    return _integer("organization_id", raw, low=1, high=MAX_ID)
+
+
+def _integer(name: str, raw: str, *, low: int, high: int) -> int:
+    """ASCII digits only (``int()`` would take ``1_0`` or Arabic-Indic digits), in range."""
+    if not _INT.match(raw) or not low <= int(raw) <= high:
+        raise SigningError(f"'{name}' must be an integer from {low} to {high}")
+    return int(raw)
 
 
 class TsaFastPath:
@@ -101,10 +108,10 @@ def _box() -> tuple[float, float, float, float] | None:
     if raw is None:
         return None
     try:
-        x1, y1, x2, y2 = (float(v) for v in raw.split(","))
+        x1, y1, x2, y2 = (float(v) for v in raw.split(",", 4))
     except ValueError:
         raise SigningError("'box' must be x1,y1,x2,y2 in PDF points") from None
-    return (x1, y1, x2, y2)
+    return (x1, y1, x2, y2)  # range and size: pdf.SealOptions
 
 
 @bp.post("/api/v1/seal/pdf")
@@ -116,10 +123,8 @@ def seal_pdf() -> Response:
     data = upload.read(_svc().max_pdf_bytes + 1)
     if len(data) > _svc().max_pdf_bytes:
         raise TooLarge(f"the PDF exceeds the {_svc().max_pdf_bytes} byte limit")
-    try:
-        page = int(request.values.get("page", "1"))
-    except ValueError:
-        raise SigningError("'page' must be an integer") from None
+    page = _integer("page", request.values.get("page", "1"), low=-pdf.MAX_PAGES,
+                    high=pdf.MAX_PAGES)
     options = pdf.SealOptions(
         level=request.values.get("level", "B-LTA"),
         visible=_flag("visible", True),

@@ -49,7 +49,7 @@ SPECS = {"v1": "1.0.4.0", "v2": "2.0.0.0"}
 METHODS = ["credentials/list", "credentials/info", "credentials/authorize", "signatures/signHash"]
 SAD_PURPOSE = "csc-sad"
 _SAD_AAD = b"kakuin/csc-sad/v1"
-_CREDENTIAL_ID = re.compile(r"^([1-9][0-9]{0,11})-([0-9a-f]{1,40})$")
+_CREDENTIAL_ID = re.compile(r"^([1-9][0-9]{0,8})-([0-9a-f]{1,40})$")
 
 _HASH_OIDS: dict[str, HashAlg] = {
     "2.16.840.1.101.3.4.2.1": HashAlg.SHA256,

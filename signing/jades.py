@@ -76,7 +76,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from ca.status import Credential, Store, crl_der, ocsp_response_der
+from ca.status import Credential, Store, crl_der, ocsp_response_der, strictjson
 from hsm.api import HashAlg, KeyManager, KeyRef, SignScheme
 from signing.errors import BadDocument, SigningError, TooLarge, Unavailable
 
@@ -141,6 +141,14 @@ _RFC7515_NAMES = frozenset(
 )
 
 
+class MalformedJSON(BadDocument):
+    """Not acceptable JSON at all (``ca.strictjson``): a 400 like every other JSON body."""
+
+    status = 400
+    type = "api/bad-json"
+    title = "Request body is not acceptable JSON"
+
+
 class InvalidSeal(SigningError):
     """The JWS is well-formed enough to read but does not verify."""
 
@@ -170,28 +178,13 @@ def _short(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise BadDocument(f"duplicate member name {_short(key)!r} in an object")
-            seen.add(key)
-    return obj
-
-
-def _constant(name: str) -> Any:
-    raise BadDocument(f"{name} is not a JSON number (RFC 8259 6); send it as a string")
-
-
 def _float(text: str) -> float:
     try:
         value = float(text)
     except OverflowError:  # int(text) beyond the double range
         value = float("inf")
     if value in (float("inf"), float("-inf")):
-        raise BadDocument(f"number {_short(text)} is out of the IEEE 754 double range")
+        raise MalformedJSON(f"number {_short(text)} is out of the IEEE 754 double range")
     if Decimal(text) != Decimal(repr(value)):
         raise BadDocument(
             f"number {_short(text)} is not exactly an IEEE 754 double (RFC 7493 2.2): "
@@ -203,7 +196,7 @@ def _float(text: str) -> float:
 def _int(text: str) -> int | float:
     """Integers beyond 2**53 go through the same value check as any other number."""
     if len(text) > _MAX_INT_DIGITS:
-        raise BadDocument(f"number {_short(text)} has too many digits; send it as a string")
+        raise MalformedJSON(f"number {_short(text)} has too many digits; send it as a string")
     value = int(text)
     return value if abs(value) <= 2**53 else _float(text)
 
@@ -277,12 +270,6 @@ def _parse_and_canonicalize(raw: bytes) -> tuple[Any, bytes]:
     raw = bytes(raw)
     if len(raw) > MAX_RECORD_BYTES:
         raise TooLarge(f"record is {len(raw)} bytes; the limit is {MAX_RECORD_BYTES}")
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raise BadDocument("record starts with a byte order mark; send UTF-8 JSON without it")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadDocument(f"record is not valid UTF-8 (byte offset {exc.start})") from exc
     floats = False
 
     def parse_float(text: str) -> float:
@@ -296,20 +283,11 @@ def _parse_and_canonicalize(raw: bytes) -> tuple[Any, bytes]:
         floats = floats or isinstance(value, float)
         return value
 
-    try:
-        value = json.loads(
-            text,
-            object_pairs_hook=_pairs,
-            parse_constant=_constant,
-            parse_float=parse_float,
-            parse_int=parse_int,
-        )
-    except json.JSONDecodeError as exc:
-        raise BadDocument(
-            f"record is not JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
-        ) from exc
-    except RecursionError as exc:
-        raise BadDocument(f"record is nested deeper than {MAX_DEPTH} levels") from exc
+    try:  # the API's one strict reader; only the number rules are JCS's own
+        value = strictjson.loads(raw, what="record", max_depth=MAX_DEPTH,
+                                 parse_float=parse_float, parse_int=parse_int)
+    except strictjson.BadJSON as exc:
+        raise MalformedJSON(exc.detail) from None
     if not isinstance(value, dict):
         raise BadDocument("a record must be a JSON object")
     if floats or any(lead in raw for lead in _UTF8_4_BYTE_LEADS) or _ESCAPED_SURROGATE.search(raw):
@@ -317,20 +295,7 @@ def _parse_and_canonicalize(raw: bytes) -> tuple[Any, bytes]:
     # Fast path, byte-identical to _jcs (tests compare them): with integers only (all within
     # +-2**53, which print alike in Python and ECMAScript) and no key outside the BMP (code
     # point order = UTF-16 order), the C encoder writes RFC 8785.
-    if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH:  # else the depth cannot exceed it
-        _check_depth(value)
     return value, _encode(_FAST_ENCODER.encode(value))
-
-
-def _check_depth(value: Any) -> None:
-    stack = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise BadDocument(f"record is nested deeper than {MAX_DEPTH} levels")
-        for child in node.values() if isinstance(node, dict) else node:
-            if isinstance(child, dict | list):
-                stack.append((child, depth + 1))
 
 
 def parse_record(raw: bytes) -> Any:

@@ -18,6 +18,8 @@ import asyncio
 import hashlib
 import io
 import logging
+import math
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -76,10 +78,21 @@ TIMESTAMP_FIELD_PREFIX = "kakuin-timestamp-"
 #: Default stamp side (pt, about 42 mm) and its distance from the page's top right corner.
 STAMP_SIZE = 120.0
 STAMP_MARGIN = 36.0
+MIN_STAMP_SIDE = 36.0  # half an inch: below that neither the name nor the QR code is legible
+MAX_COORDINATE = 14_400.0  # PDF user space limit (ISO 32000-1 C.2: 200 in)
+MAX_PAGES = 1_000_000
+MAX_FIELD_NAME = 64  # also the audit entry's object id: checked before signing
+MAX_TEXT = 500  # reason, location
 # CMS bytes beyond certificates, signature and token: signed attributes (content type, digest,
 # ESS signing-certificate-v2: ~200 bytes), signer info, algorithm identifiers, tags. Generous.
 _CMS_OVERHEAD = 2048
 _TOKEN_SLACK = 1024  # a token's length varies with its serial, time and nonce
+
+
+def _plain(text: str) -> bool:
+    """No control characters (C0, C1) and no lone surrogates: text a PDF and the audit log
+    can carry as it is."""
+    return not any(unicodedata.category(c) in ("Cc", "Cs") for c in text)
 
 
 @dataclass(frozen=True)
@@ -103,16 +116,31 @@ class SealOptions:
     verify_url: str | None = None
 
     def __post_init__(self) -> None:
+        """Everything is checked here, before any HSM signature: a value that could not be
+        drawn, stored or audited afterwards must be refused now (a 4xx, nothing signed)."""
         if self.level not in LEVELS:
-            raise SigningError(f"level must be one of {', '.join(LEVELS)}, not {self.level!r}")
-        if self.page == 0:
+            raise SigningError(f"level must be one of {', '.join(LEVELS)}, "
+                               f"not {self.level[:20]!r}")
+        if self.page == 0 or abs(self.page) > MAX_PAGES:
             raise SigningError("pages are numbered from 1 (or from -1 for the last page)")
         if self.box is not None:
+            if len(self.box) != 4 or not all(
+                    math.isfinite(v) and abs(v) <= MAX_COORDINATE for v in self.box):
+                raise SigningError(f"box must be four finite numbers within ±{MAX_COORDINATE:g}")
             x1, y1, x2, y2 = self.box
-            if not (x2 > x1 and y2 > y1):
-                raise SigningError("box must be (x1, y1, x2, y2) with x2 > x1 and y2 > y1")
-        if self.field is not None and (not self.field or "." in self.field):
-            raise SigningError("field must be a non-empty name without '.'")
+            if not (x2 - x1 >= MIN_STAMP_SIDE and y2 - y1 >= MIN_STAMP_SIDE):
+                raise SigningError("box must be (x1, y1, x2, y2) with x2 > x1 and y2 > y1, "
+                                   f"each side at least {MIN_STAMP_SIDE:g} pt (a legible seal)")
+        if self.field is not None and (
+                not self.field or "." in self.field or len(self.field) > MAX_FIELD_NAME
+                or not _plain(self.field)):
+            raise SigningError(f"field must be a printable name of 1 to {MAX_FIELD_NAME} "
+                               "characters without '.'")
+        for name in ("reason", "location"):
+            value = getattr(self, name)
+            if value is not None and (len(value) > MAX_TEXT or not _plain(value)):
+                raise SigningError(f"{name} must be printable text of at most {MAX_TEXT} "
+                                   "characters")
 
 
 @dataclass(frozen=True)
@@ -340,7 +368,10 @@ def seal_pdf(
         raise Unavailable(f"{type(exc).__name__}: {_reason(exc)}") from exc
     except PyHankoSigningError as exc:
         raise _signing_problem(exc) from exc
-    except (PdfError, KeyError, IndexError, TypeError, ValueError) as exc:
+    except (PdfError, KeyError, IndexError, TypeError, ValueError, ArithmeticError,
+            RecursionError) as exc:
+        # Hostile structure or geometry (e.g. an existing field with a 0.0001 pt /Rect makes
+        # pyHanko divide by zero): found while preparing, before anything is signed.
         raise BadDocument(f"cannot seal this PDF: {_reason(exc)}") from exc
 
 

@@ -137,6 +137,7 @@ class SigningService:
                               timestamper=None if options.level == "B-B" else self.timestamper,
                               validation=validation, options=options,
                               max_bytes=self.max_pdf_bytes)
+        status.pause_point("seal.signed")  # crash tests: signed in the HSM, not yet audited
         status.record(self.store, actor=principal.actor, action="seal.pdf",
                       organization_id=organization_id, object_type="document",
                       object_id=result.field_name, digest=result.input_sha256,

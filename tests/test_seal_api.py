@@ -142,7 +142,9 @@ def test_seal_json_single_and_batch(sealer: Env) -> None:
     for bad in (b'{"a": 1, "a": 2}', b'{"a": NaN}', b'{"a": "\xff"}', b"[1, 2"):
         code, headers, raw = _post(f"{sealer.url}/api/v1/seal/json?level=B-B", bad,
                                    "application/json", sealer.school)
-        assert code == 422 and headers["Content-Type"] == "application/problem+json", raw
+        # One strict JSON reader for the whole API: not acceptable JSON is a 400.
+        assert code == 400 and headers["Content-Type"] == "application/problem+json", raw
+        assert json.loads(raw)["type"] == "urn:kakuin:problem:api/bad-json"
 
     with sealer.store.session() as s:
         entries = [e for e in audit.entries(s, limit=1000) if e.action == "seal.json"]
