@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 HOME_DIR ?= var
 BIN    := $(VENV)/bin
+# Test processes (pytest-xdist; files stay whole on one worker, each worker its own token).
+TEST_WORKERS ?= 2
 APT_PACKAGES := softhsm2 opensc openssl poppler-utils qpdf fonts-ipaexfont-gothic
 # Only for the test suite (headless browser checks of /verify and the console; Node.js 20
 # with npm (NodeSource, or Debian 13's nodejs + npm) for the test OpenID Connect provider in
@@ -22,7 +24,7 @@ test: setup
 	@$(MAKE) --no-print-directory apt APT_PACKAGES="$(APT_TEST_PACKAGES)"
 	@test tests/oidc/node_modules/.package-lock.json -nt tests/oidc/package-lock.json || \
 	  (cd tests/oidc && npm ci --no-audit --no-fund --silent)
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 setup: apt venv
 
