@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from sqlalchemy import select
 
-from ca import enrollment, registry, revocation
+from ca import enrollment, names, registry, revocation
 from ca.clients import Principal, authenticate, deny, may_read
 from ca.errors import Forbidden, InvalidRequest, NotFound
 from ca.models import Certificate, Organization, SealRequest
@@ -61,6 +61,8 @@ def _str(body: dict[str, Any], key: str, *, required: bool = True, max_len: int 
     if not isinstance(value, str) or not value or len(value) > max_len:
         raise InvalidRequest(f"'{key}' must be a non-empty string of at most {max_len} characters")
     if "\x00" in value:  # no column takes NUL (PostgreSQL refuses it outright)
+        if key in names.NAME_FIELDS:  # a name's refusal names its field and rule
+            raise names.NameRejected(key, "control", f"'{key}' contains U+0000 (NUL)")
         raise InvalidRequest(f"'{key}' must not contain NUL characters")
     return value
 

@@ -43,6 +43,7 @@ from sqlalchemy.orm import Session
 from ca.errors import InvalidRequest
 from ca.models import Organization
 
+NAME_FIELDS = ("name_ja", "name_en")  # the registry fields these rules guard
 MAX_CHARS = 64
 MAX_BYTES = 192
 MAX_COMMON_NAME_BYTES = 64  # cryptography's limit for CN (NameOID.COMMON_NAME), in UTF-8 bytes

@@ -90,8 +90,11 @@ class Served:
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
+        # Load from one address measures capacity, not the per-address rate limit (which
+        # tests/test_ratelimit.py covers): limits off unless extra_env says otherwise.
         env.update(KAKUIN_BASE_URL=self.url, KAKUIN_PORT=str(self.port),
-                   KAKUIN_HOST="127.0.0.1", PYTHONUNBUFFERED="1", **self.extra_env)
+                   KAKUIN_HOST="127.0.0.1", PYTHONUNBUFFERED="1", KAKUIN_RATE_LIMITS="0")
+        env.update(self.extra_env)
         return env
 
     def cli(self, *args: str, timeout: float = 300) -> str:
