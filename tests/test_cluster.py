@@ -173,16 +173,34 @@ def _tsa_query() -> bytes:
     }).dump())
 
 
-def _ocsp_status(base: str, cert: x509.Certificate, issuer: x509.Certificate,
-                 ) -> ocsp.OCSPCertStatus:
-    """RFC 5019 GET (SHA-1 CertID, as relying parties send it) and the certificate's status."""
-    der = (ocsp.OCSPRequestBuilder()
-           .add_certificate(cert, issuer, hashes.SHA1())  # noqa: S303 (RFC 5019 CertID)
-           .build().public_bytes(Encoding.DER))
-    path = urllib.parse.quote(base64.b64encode(der).decode(), safe="")
-    code, _, raw = _http("GET", f"{base}/ocsp/{path}")
+def _ocsp_request(cert: x509.Certificate, issuer: x509.Certificate,
+                  nonce: bytes | None = None) -> bytes:
+    """One SHA-1 CertID (RFC 5019, as relying parties send it), with a nonce if given."""
+    builder = ocsp.OCSPRequestBuilder().add_certificate(
+        cert, issuer, hashes.SHA1())  # noqa: S303 (RFC 5019 CertID)
+    if nonce is not None:
+        builder = builder.add_extension(x509.OCSPNonce(nonce), critical=False)
+    return builder.build().public_bytes(Encoding.DER)
+
+
+def _ocsp_post(base: str, der: bytes) -> tuple[ocsp.OCSPResponse, str]:
+    """RFC 6960 A.1 POST: the response and the front's X-Cache-Status ('' from a node)."""
+    code, headers, raw = _http("POST", f"{base}/ocsp", raw=der, ctype="application/ocsp-request")
     assert code == 200, raw
-    response = ocsp.load_der_ocsp_response(raw)
+    return ocsp.load_der_ocsp_response(raw), headers.get("X-Cache-Status", "")
+
+
+def _ocsp_status(base: str, cert: x509.Certificate, issuer: x509.Certificate,
+                 method: str = "GET") -> ocsp.OCSPCertStatus:
+    """The certificate's status asked by RFC 5019 GET or by POST (both cached at the front)."""
+    der = _ocsp_request(cert, issuer)
+    if method == "POST":
+        response = _ocsp_post(base, der)[0]
+    else:
+        path = urllib.parse.quote(base64.b64encode(der).decode(), safe="")
+        code, _, raw = _http("GET", f"{base}/ocsp/{path}")
+        assert code == 200, raw
+        response = ocsp.load_der_ocsp_response(raw)
     mine = [r.certificate_status for r in response.responses
             if r.serial_number == cert.serial_number]
     assert len(set(mine)) == 1, mine
@@ -312,16 +330,42 @@ def test_cluster_under_load_with_a_node_killed(cluster: Cluster) -> None:
     code, body = _issue(c, c.schools[1][1])  # school 1's victim was revoked: a new seal
     assert code == 200 and body is not None, body
     cert = x509.load_pem_x509_certificate(body["certificate"]["pem"].encode())
-    for _ in range(2):  # the front now caches "good"
-        assert _ocsp_status(c.front, cert, issuer) == ocsp.OCSPCertStatus.GOOD
+    for _ in range(2):  # the front now caches "good", for GET and for nonce-less POST
+        for method in ("GET", "POST"):
+            assert _ocsp_status(c.front, cert, issuer, method) == ocsp.OCSPCertStatus.GOOD
+    assert _ocsp_post(c.front, _ocsp_request(cert, issuer))[1] == "HIT"
     code, _, raw = _http("POST", f"{c.front}/api/v1/certificates/{body['certificate']['serial']}"
                          "/revoke", c.operator, {"reason": "keyCompromise"})
     assert code == 200, raw
     for node in c.nodes:
-        assert _ocsp_status(node, cert, issuer) == ocsp.OCSPCertStatus.REVOKED
-    took = _wait(lambda: _ocsp_status(c.front, cert, issuer)
-                 == ocsp.OCSPCertStatus.REVOKED, BOUND)
-    print(f"revoked through the front after {took:.2f} s (bound {BOUND} s)")
+        for method in ("GET", "POST"):
+            assert _ocsp_status(node, cert, issuer, method) == ocsp.OCSPCertStatus.REVOKED
+    # Both methods within BOUND of the revocation (one clock for both: each is asked every step).
+    took = _wait(lambda: all(_ocsp_status(c.front, cert, issuer, m) == ocsp.OCSPCertStatus.REVOKED
+                             for m in ("GET", "POST")), BOUND)
+    print(f"GET and POST: revoked through the front after {took:.2f} s (bound {BOUND} s)")
+    # A nonce is answered fresh every time, never from the front's cache: the same request
+    # (same nonce) twice reaches a node twice, and each answer echoes the nonce.
+    nonce = secrets.token_bytes(16)
+    for _ in range(2):
+        response, cache = _ocsp_post(c.front, _ocsp_request(cert, issuer, nonce))
+        assert cache != "HIT", cache
+        assert response.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce == nonce
+        assert response.certificate_status == ocsp.OCSPCertStatus.REVOKED
+    path = urllib.parse.quote(base64.b64encode(_ocsp_request(cert, issuer, nonce)).decode(),
+                              safe="")
+    for _ in range(2):  # GET with a nonce: not cached either
+        code, headers, raw = _http("GET", f"{c.front}/ocsp/{path}")
+        assert code == 200 and headers.get("X-Cache-Status") != "HIT", headers
+        response = ocsp.load_der_ocsp_response(raw)
+        assert response.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce == nonce
+    # Garbage is a malformedRequest, never cached either (kakuin marks it no-store).
+    for _ in range(2):
+        code, headers, raw = _http("POST", f"{c.front}/ocsp", raw=b"\x30\x00",
+                                   ctype="application/ocsp-request")
+        assert code == 200 and headers.get("X-Cache-Status") != "HIT", headers
+        assert (ocsp.load_der_ocsp_response(raw).response_status
+                == ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
 
     # The scheduler: never twice for one period, across all workers of all nodes.
     recorded = runs(c.store)
