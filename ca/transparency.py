@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from ca import merkle
+from ca import audit, merkle
 from ca.clients import Principal, may_read
 from ca.errors import Forbidden, InvalidRequest, NotFound
 from ca.models import (
@@ -275,9 +275,11 @@ def consistency(store: Store, first: int, second: int) -> dict[str, Any]:
 # -- who sealed this? ---------------------------------------------------------------------------
 
 
-def who_sealed(store: Store, principal: Principal, document_sha256: str) -> list[dict[str, Any]]:
+def who_sealed(store: Store, principal: Principal, document_sha256: str, *,
+               request_id: str | None = None) -> list[dict[str, Any]]:
     """Seal events for a digest the caller may read (auditors, board officers: own
-    jurisdiction). Events elsewhere are left out, not refused, so nothing leaks by status."""
+    jurisdiction). Events elsewhere are left out; none left is a 404, the same answer as
+    for a digest never sealed, so nothing leaks across jurisdictions."""
     if principal.role not in ("auditor", "board-officer"):
         raise Forbidden(f"role {principal.role} may not trace seals")
     digest = check_sha256(document_sha256)
@@ -294,4 +296,9 @@ def who_sealed(store: Store, principal: Principal, document_sha256: str) -> list
                         "time": row.at.strftime("%Y-%m-%dT%H:%M:%SZ"), "level": row.level,
                         "kind": row.kind, "request_id": row.request_id,
                         "commitment": row.commitment})
+        # Tracing people is itself traced: who asked, about which digest, how many answers.
+        audit.record(s, actor=principal.actor, action="seal.traced", object_type="document",
+                     digest=digest, request_id=request_id, details={"found": len(out)})
+    if not out:
+        raise NotFound("no seal of this document within your jurisdiction")
     return out

@@ -9,11 +9,16 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from pathlib import Path
+from typing import Any
 
+from click.testing import CliRunner
 from sqlalchemy import select
 
-from ca.models import SealEvent
-from tests.cafixtures import Env
+from ca import clients
+from ca.models import Organization, SealEvent
+from kakuin.cli import main
+from tests.cafixtures import Env, _call
 from tests.fixtures_pdf import guidance_record
 from tests.test_seal_api import _multipart, _post
 
@@ -60,3 +65,40 @@ def test_actor_recorded_never_in_the_sealed_output(sealer: Env) -> None:
         code, _, raw = _post(f"{sealer.url}/api/v1/seal/pdf", body, ctype, sealer.school)
         assert code == 422, raw
     assert len(_events(sealer, digest)) == 1  # refused before anything was sealed or stored
+
+
+def test_who_sealed_api_and_cli_within_jurisdiction(sealer: Env, settings: Any,
+                                                    tmp_path: Path) -> None:
+    document = guidance_record(pages=1) + f"%{uuid.uuid4().hex}\n".encode()
+    digest = hashlib.sha256(document).hexdigest()
+    body, ctype = _multipart({"level": "B-B", "actor": ACTOR}, document)
+    code, headers, _ = _post(f"{sealer.url}/api/v1/seal/pdf", body, ctype, sealer.school)
+    assert code == 200
+    path = f"/api/v1/audit/seals?sha256={digest}"
+    code, answer = _call(sealer.url, "GET", path, sealer.officer_a)
+    assert code == 200, answer
+    (seal,) = answer["seals"]
+    assert seal["actor"] == ACTOR and seal["organization_id"] == sealer.school_id
+    assert seal["level"] == "B-B" and seal["request_id"] and seal["client"]
+    assert seal["commitment"] == headers["X-Kakuin-Seal-Commitment"]
+    for who in (sealer.officer_b, sealer.school):  # another board; the school itself
+        code, _ = _call(sealer.url, "GET", f"/api/v1/audit/seals?sha256={digest}", who)
+        assert code in (403, 404)
+    code, _ = _call(sealer.url, "GET", "/api/v1/audit/seals?sha256=xyz", sealer.officer_a)
+    assert code == 422
+
+    doc = tmp_path / "sealed-input.pdf"
+    doc.write_bytes(document)
+    db = {"KAKUIN_DATABASE_URL": sealer.store.engine.url.render_as_string(hide_password=False)}
+    result = CliRunner().invoke(main, ["--home", str(settings.home), "audit", "who-sealed",
+                                       str(doc)], env=db)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.splitlines()[0])["actor"] == ACTOR
+    with sealer.store.session() as s:
+        board_b = s.scalars(select(Organization).where(
+            Organization.local_gov_code == "011002")).one()
+        _, auditor_b = clients.create_client(s, organization_id=board_b.id, role="auditor",
+                                             name="監査B-tr", actor="test")
+    result = CliRunner().invoke(main, ["--home", str(settings.home), "audit", "who-sealed",
+                                       "--sha256", digest, "--token", auditor_b], env=db)
+    assert result.exit_code == 1 and ACTOR not in result.output

@@ -1,0 +1,88 @@
+"""HTTP for issue 15: who sealed this (``/api/v1/audit/seals``) and the public transparency
+log (``/transparency/sth``, ``/transparency/proof/*``), plus the scheduled tree-head job.
+
+Composed here (not in ``ca``) because a tree head is timestamped by the TSA, which lives in
+``signing``. Nothing served under ``/transparency`` carries a document digest: seal leaves
+hold only salted commitments.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from flask import Blueprint, current_app, g, jsonify, request
+
+from ca import transparency
+from ca.clients import Principal, authenticate
+from ca.errors import InvalidRequest, NotFound
+from kakuin.services import Services
+from signing.tsa import timestamp_token
+
+bp = Blueprint("transparency", __name__)
+log = logging.getLogger(__name__)
+_SIZE = re.compile(r"[0-9]{1,15}\Z")
+
+
+def _services() -> Services:
+    svc: Services = current_app.extensions["kakuin"]
+    return svc
+
+
+def _principal() -> Principal:
+    with _services().store.session() as s:
+        return authenticate(s, request.headers.get("Authorization"))
+
+
+def _size(name: str, required: bool = False) -> int | None:
+    raw = request.args.get(name)
+    if raw is None:
+        if required:
+            raise InvalidRequest(f"'{name}' is required")
+        return None
+    if not _SIZE.match(raw) or int(raw) < 1:
+        raise InvalidRequest(f"'{name}' must be a positive integer")
+    return int(raw)
+
+
+def publish(svc: Services) -> dict[str, Any] | None:
+    """Sequence the log and sign (and TSA-timestamp) a new tree head if it grew."""
+    return transparency.publish_head(
+        svc.store, svc.keys,
+        timestamp=lambda data: timestamp_token(svc.signing.tsa, data).dump())
+
+
+@bp.get("/api/v1/audit/seals")
+def who_sealed() -> Any:
+    """Seal events of a document digest, for auditors and board officers (own jurisdiction)."""
+    principal = _principal()
+    found = transparency.who_sealed(_services().store, principal, request.args.get("sha256", ""),
+                                    request_id=g.get("request_id"))
+    return jsonify({"sha256": request.args["sha256"].lower(), "seals": found})
+
+
+@bp.get("/transparency/sth")
+def sth() -> Any:
+    """Public: the latest signed tree head (or the one of ``tree_size``)."""
+    svc = _services()
+    head = transparency.latest_head(svc.store, _size("tree_size"), keys=svc.keys)
+    if head is None:
+        raise NotFound("no signed tree head yet")
+    return jsonify(head)
+
+
+@bp.get("/transparency/proof/inclusion")
+def inclusion() -> Any:
+    """Public: ``leaf_hash`` or ``commitment`` (a seal receipt), optional ``tree_size``."""
+    return jsonify(transparency.inclusion(
+        _services().store, leaf_hash=request.args.get("leaf_hash"),
+        commitment_hex=request.args.get("commitment"), tree_size=_size("tree_size")))
+
+
+@bp.get("/transparency/proof/consistency")
+def consistency() -> Any:
+    """Public: proof that the tree of size ``first`` is a prefix of the one of ``second``."""
+    first, second = _size("first", True), _size("second", True)
+    assert first is not None and second is not None
+    return jsonify(transparency.consistency(_services().store, first, second))
