@@ -302,3 +302,75 @@ def who_sealed(store: Store, principal: Principal, document_sha256: str, *,
     if not out:
         raise NotFound("no seal of this document within your jurisdiction")
     return out
+
+
+# -- verification (what `kakuin transparency verify` and other regions run) ------------------
+
+
+def _token_imprint(token: bytes) -> bytes | None:
+    """The message imprint of an RFC 3161 token (asn1crypto, as pyHanko reads them)."""
+    from asn1crypto import cms, tsp
+
+    try:
+        content = cms.ContentInfo.load(token)["content"]
+        tst = tsp.TSTInfo.load(content["encap_content_info"]["content"].parsed.dump())
+        return bytes(tst["message_imprint"]["hashed_message"].native)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def check(head: dict[str, Any], *, public_key_der: bytes | None = None,
+          inclusion_proof: dict[str, Any] | None = None,
+          old_head: dict[str, Any] | None = None,
+          consistency_proof: dict[str, Any] | None = None,
+          salt: str | None = None, document: bytes | None = None) -> list[str]:
+    """Every problem found (empty: all good): the head's signature and TSA imprint, an
+    inclusion proof against it, a consistency proof from an older head, and a document's
+    seal event (its digest and salt give the commitment the included leaf must carry)."""
+    problems = []
+    if not verify_head(head, public_key_der):
+        problems.append("tree head signature does not verify")
+    token = head.get("timestamp_token")
+    if token:
+        imprint = _token_imprint(base64.b64decode(token))
+        if imprint != hashlib.sha256(base64.b64decode(head.get("signature", ""))).digest():
+            problems.append("TSA token does not cover the tree head signature")
+    try:
+        size, root_hash = int(head["tree_size"]), bytes.fromhex(head["root_hash"])
+    except (KeyError, TypeError, ValueError):
+        return [*problems, "tree head malformed"]
+    if inclusion_proof is not None:
+        try:
+            leaf = str(inclusion_proof["leaf"]).encode()
+            ok = (int(inclusion_proof["tree_size"]) == size
+                  and merkle.leaf_hash(leaf).hex() == inclusion_proof["leaf_hash"]
+                  and merkle.verify_inclusion(
+                      int(inclusion_proof["leaf_index"]), size, merkle.leaf_hash(leaf),
+                      [bytes.fromhex(p) for p in inclusion_proof["audit_path"]], root_hash))
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            problems.append("inclusion proof does not verify against the tree head")
+        if document is not None and salt is not None:
+            try:
+                expected = commitment(bytes.fromhex(salt), hashlib.sha256(document).hexdigest())
+                if json.loads(leaf).get("commitment") != expected:
+                    problems.append("the included leaf is not this document's seal event")
+            except (ValueError, AttributeError):
+                problems.append("salt or leaf malformed")
+    if old_head is not None or consistency_proof is not None:
+        try:
+            assert old_head is not None and consistency_proof is not None
+            if not verify_head(old_head, public_key_der):
+                problems.append("older tree head signature does not verify")
+            m = int(old_head["tree_size"])
+            ok = (int(consistency_proof["first"]) == m
+                  and int(consistency_proof["second"]) == size
+                  and merkle.verify_consistency(
+                      m, size, bytes.fromhex(old_head["root_hash"]), root_hash,
+                      [bytes.fromhex(p) for p in consistency_proof["consistency"]]))
+        except (AssertionError, KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            problems.append("consistency proof fails: the log rewrote its history")
+    return problems

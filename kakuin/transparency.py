@@ -8,10 +8,14 @@ hold only salted commitments.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+from pathlib import Path
 from typing import Any
 
+import click
+from cryptography.hazmat.primitives import serialization
 from flask import Blueprint, current_app, g, jsonify, request
 
 from ca import transparency
@@ -86,3 +90,59 @@ def consistency() -> Any:
     first, second = _size("first", True), _size("second", True)
     assert first is not None and second is not None
     return jsonify(transparency.consistency(_services().store, first, second))
+
+
+# -- CLI -----------------------------------------------------------------------------------------
+
+
+def _load(path: Path | None) -> Any:
+    return None if path is None else json.loads(path.read_text())
+
+
+@click.group("transparency")
+def transparency_group() -> None:
+    """The public transparency log of issuance and seal events (RFC 9162 trees)."""
+
+
+@transparency_group.command("publish")
+@click.pass_obj
+def publish_command(obj: Any) -> None:
+    """Sequence the log and sign a tree head now (the scheduler does this every period)."""
+    head = publish(obj.services)
+    click.echo(json.dumps(head, ensure_ascii=False))
+
+
+_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+@transparency_group.command("verify")
+@click.option("--sth", "sth_file", type=_FILE, required=True, help="Tree head (JSON).")
+@click.option("--inclusion", type=_FILE, help="Inclusion proof (JSON) against --sth.")
+@click.option("--old-sth", type=_FILE, help="An earlier tree head (JSON).")
+@click.option("--consistency", type=_FILE, help="Consistency proof --old-sth -> --sth.")
+@click.option("--file", "document", type=_FILE,
+              help="A sealed document's input: its seal event must be the included leaf.")
+@click.option("--salt", help="The salt the sealer received (X-Kakuin-Seal-Salt).")
+@click.option("--log-key", type=_FILE, help="Pin the log's public key (DER or PEM).")
+def verify_command(sth_file: Path, inclusion: Path | None, old_sth: Path | None,
+                   consistency: Path | None, document: Path | None, salt: str | None,
+                   log_key: Path | None) -> None:
+    """Check a tree head and proofs offline; exit 1 on any problem."""
+    pinned = None
+    if log_key is not None:
+        raw = log_key.read_bytes()
+        key = (serialization.load_pem_public_key(raw) if raw.startswith(b"-----")
+               else serialization.load_der_public_key(raw))
+        pinned = key.public_bytes(serialization.Encoding.DER,
+                                  serialization.PublicFormat.SubjectPublicKeyInfo)
+    if (document is None) != (salt is None) or (document is not None and inclusion is None):
+        raise click.UsageError("--file needs --salt and --inclusion")
+    problems = transparency.check(
+        _load(sth_file), public_key_der=pinned, inclusion_proof=_load(inclusion),
+        old_head=_load(old_sth), consistency_proof=_load(consistency), salt=salt,
+        document=document.read_bytes() if document is not None else None)
+    for problem in problems:
+        click.echo(f"FAIL: {problem}", err=True)
+    if problems:
+        raise SystemExit(1)
+    click.echo("OK")
