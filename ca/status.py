@@ -305,8 +305,12 @@ def record_seals(
     details: dict[str, Any] | None = None,
 ) -> list[SealReceipt]:
     """One seal event per document digest (with its transparency commitment) and one audit
-    entry, in one transaction; the receipts (salt, commitment) go back to the sealer."""
+    entry, in one transaction; the receipts (salt, commitment) go back to the sealer.
+
+    A person signed in (console, OIDC) is the actor when the caller names none."""
     check_actor(actor)
+    if actor is None and principal.subject is not None:
+        actor = _transparency.actor_from_subject(principal.subject)
     with store.session() as s:
         receipts = [
             _transparency.record_seal(

@@ -68,6 +68,14 @@ def check_actor(actor: str | None) -> str | None:
     return actor
 
 
+def actor_from_subject(subject: str) -> str:
+    """An OIDC ``sub`` as an actor: itself when it fits, else a digest of it (stable)."""
+    try:
+        return check_actor(subject) or ""
+    except InvalidRequest:
+        return "sub:" + hashlib.sha256(subject.encode()).hexdigest()[:56]
+
+
 def check_sha256(value: str | None, name: str = "sha256") -> str:
     value = (value or "").lower()
     if len(value) != 64 or not set(value) <= _HEX64:
@@ -301,6 +309,22 @@ def who_sealed(store: Store, principal: Principal, document_sha256: str, *,
                      digest=digest, request_id=request_id, details={"found": len(out)})
     if not out:
         raise NotFound("no seal of this document within your jurisdiction")
+    return out
+
+
+def certificates_for(store: Store, organization_id: int) -> list[dict[str, Any]]:
+    """Monitoring: every certificate event in the log naming ``organization_id`` (so a board
+    notices a certificate it did not ask for), oldest first."""
+    with store.session() as s:
+        rows = s.scalars(select(TransparencyLeaf).where(
+            TransparencyLeaf.organization_id == organization_id,
+            TransparencyLeaf.kind.in_(("precertificate", "certificate")))
+            .order_by(TransparencyLeaf.id)).all()
+        out = []
+        for row in rows:
+            body = json.loads(row.body)
+            body.pop("der", None)
+            out.append({"seq": row.seq, "leaf_hash": row.leaf_hash, **body})
     return out
 
 

@@ -146,3 +146,12 @@ def verify_command(sth_file: Path, inclusion: Path | None, old_sth: Path | None,
     if problems:
         raise SystemExit(1)
     click.echo("OK")
+
+
+@transparency_group.command("monitor")
+@click.option("--org", "organization_id", type=int, required=True, help="Organization id.")
+@click.pass_obj
+def monitor_command(obj: Any, organization_id: int) -> None:
+    """Every certificate ever logged naming the organization, as JSON lines."""
+    for event in transparency.certificates_for(obj.store, organization_id):
+        click.echo(json.dumps(event, ensure_ascii=False))

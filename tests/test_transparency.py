@@ -427,3 +427,18 @@ def test_transparency_log_end_to_end(sealer: Env, settings: Any, tmp_path: Path)
                 TransparencyLeaf.leaf_hash == rfc_leaf(forged.encode()).hex())).one()
             row.body, row.leaf_hash = saved
             s.execute(delete(TransparencyHead).where(TransparencyHead.tree_size > n))
+
+
+def test_monitor_lists_every_certificate_naming_the_organization(sealer: Env,
+                                                                 settings: Any) -> None:
+    db = {"KAKUIN_DATABASE_URL": sealer.store.engine.url.render_as_string(hide_password=False)}
+    result = CliRunner().invoke(main, ["--home", str(settings.home), "transparency", "monitor",
+                                       "--org", str(sealer.school_id)], env=db)
+    assert result.exit_code == 0, result.output
+    events = [json.loads(line) for line in result.output.splitlines()]
+    with sealer.store.session() as s:
+        serials = set(s.scalars(select(Certificate.serial).where(
+            Certificate.organization_id == sealer.school_id, Certificate.der.is_not(None))))
+    assert serials and serials <= {e["serial"] for e in events if e["type"] == "certificate"}
+    assert {e["organization_id"] for e in events} == {sealer.school_id}
+    assert all("der" not in e for e in events)
