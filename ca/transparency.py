@@ -398,3 +398,42 @@ def check(head: dict[str, Any], *, public_key_der: bytes | None = None,
         if not ok:
             problems.append("consistency proof fails: the log rewrote its history")
     return problems
+
+
+# -- witnessing another region's log -------------------------------------------------------------
+
+INCONSISTENT = "inconsistent"
+
+
+def witness(base_url: str, previous: dict[str, Any] | None,
+            get_json: Callable[[str], Any]) -> tuple[dict[str, Any] | None, str]:
+    """One refresh of a peer's log: (head to keep, status). The first head pins the peer's
+    log key; later ones must verify under it and be consistent with the kept head, else the
+    status starts with ``inconsistent`` (an alarm) and the earlier head is kept as evidence."""
+    base = base_url.rstrip("/")
+    head = get_json(f"{base}/transparency/sth")
+    if not isinstance(head, dict):
+        return previous, "bad tree head"
+    pinned = None
+    if previous is not None:
+        pinned = base64.b64decode(previous["public_key"])
+    if not verify_head(head, pinned):
+        return previous, "tree head signature does not verify under the pinned key"
+    if previous is None:
+        return head, "pinned"
+    m, n = int(previous["tree_size"]), int(head["tree_size"])
+    if n < m:
+        return previous, f"{INCONSISTENT}: the tree shrank from {m} to {n}"
+    if n == m:
+        ok = head["root_hash"] == previous["root_hash"]
+    else:
+        proof = get_json(f"{base}/transparency/proof/consistency?first={m}&second={n}")
+        try:
+            ok = merkle.verify_consistency(
+                m, n, bytes.fromhex(previous["root_hash"]), bytes.fromhex(head["root_hash"]),
+                [bytes.fromhex(p) for p in proof["consistency"]])
+        except (KeyError, TypeError, ValueError):
+            ok = False
+    if not ok:
+        return previous, f"{INCONSISTENT}: tree {n} does not extend the tree {m} we saw"
+    return head, "ok"

@@ -238,8 +238,7 @@ def start_maintenance(svc: Services) -> threading.Thread | None:
                     done = svc.ca.maintain()
                     done["trust_lists"] = trustlist.refresh_imported(
                         svc.settings.home, fetch=svc.signing.fetch_trust_list)
-                    head = transparency.publish(svc)
-                    done["tree_size"] = head["tree_size"] if head else 0
+                    done.update(transparency.scheduled(svc))
                     ok = True
                     if any(done[k] for k in ("crls_published", "ocsp_refreshed",
                                              "responder_renewed")):

@@ -21,7 +21,10 @@ from flask import Blueprint, current_app, g, jsonify, request
 from ca import transparency
 from ca.clients import Principal, authenticate
 from ca.errors import InvalidRequest, NotFound
+from kakuin import witness
 from kakuin.services import Services
+from signing import fetch as outbound
+from signing import trustlist
 from signing.tsa import timestamp_token
 
 bp = Blueprint("transparency", __name__)
@@ -55,6 +58,31 @@ def publish(svc: Services) -> dict[str, Any] | None:
     return transparency.publish_head(
         svc.store, svc.keys,
         timestamp=lambda data: timestamp_token(svc.signing.tsa, data).dump())
+
+
+def scheduled(svc: Services) -> dict[str, Any]:
+    """The scheduler's share: a new tree head, then witness every trust-list peer's log.
+    Failures are logged and summarised, never fatal to the rest of the maintenance run."""
+    done: dict[str, Any] = {}
+    try:
+        head = publish(svc)
+        done["tree_size"] = head["tree_size"] if head else 0
+    except Exception:
+        log.exception("transparency tree head not published")
+        done["tree_size"] = "failed"
+    try:
+        peers = [(item.name, item.trust_list.issuer_url)
+                 for item in trustlist.load_imported(svc.settings.home)
+                 if item.source_url.startswith(("http://", "https://"))]
+        policy = svc.signing.fetch_policy
+
+        def get_json(url: str) -> Any:
+            return json.loads(outbound.fetch(url, policy=policy, accept="application/json").data)
+
+        done["witness"] = witness.refresh(svc.settings.home, peers, get_json)
+    except Exception:
+        log.exception("witnessing failed")
+    return done
 
 
 @bp.get("/api/v1/audit/seals")

@@ -442,3 +442,53 @@ def test_monitor_lists_every_certificate_naming_the_organization(sealer: Env,
     assert serials and serials <= {e["serial"] for e in events if e["type"] == "certificate"}
     assert {e["organization_id"] for e in events} == {sealer.school_id}
     assert all("der" not in e for e in events)
+
+
+def test_a_witness_region_catches_a_rewritten_history(sealer: Env, tmp_path: Path) -> None:
+    """Another region keeps our heads (kakuin.witness): a rewritten past certificate event
+    is an alarm there, and the earlier head stays as evidence."""
+    from prometheus_client import REGISTRY
+
+    from kakuin import witness
+    assert sealer.services is not None
+    peer = f"peer-{uuid.uuid4().hex[:8]}"
+
+    def get_json(url: str) -> Any:
+        with urllib.request.urlopen(url, timeout=60) as resp:
+            return json.loads(resp.read())
+
+    def seal_and_publish() -> dict[str, Any]:
+        record = json.dumps({"n": uuid.uuid4().hex}).encode()
+        code, _, _ = _post(f"{sealer.url}/api/v1/seal/json?level=B-B", record,
+                           "application/json", sealer.school)
+        assert code == 200
+        head = transparency.publish(sealer.services)  # type: ignore[arg-type]
+        assert head is not None
+        return head
+
+    seal_and_publish()
+    assert witness.refresh(tmp_path, [(peer, sealer.url)], get_json) == {peer: "pinned"}
+    seal_and_publish()
+    assert witness.refresh(tmp_path, [(peer, sealer.url)], get_json) == {peer: "ok"}
+    seen = witness.load(tmp_path)[peer]
+    with sealer.store.session() as s:
+        victim = s.scalars(select(TransparencyLeaf).where(
+            TransparencyLeaf.kind == "certificate")).first()
+        assert victim is not None
+        saved = (victim.body, victim.leaf_hash)
+        forged = victim.body.replace('"serial":"', '"serial":"e')
+        victim.body, victim.leaf_hash = forged, rfc_leaf(forged.encode()).hex()
+    try:
+        seal_and_publish()
+        status = witness.refresh(tmp_path, [(peer, sealer.url)], get_json)[peer]
+        assert status.startswith("inconsistent"), status
+        assert witness.load(tmp_path)[peer] == seen  # the evidence is kept
+        assert REGISTRY.get_sample_value("kakuin_transparency_inconsistencies_total",
+                                         {"peer": peer}) == 1
+    finally:
+        with sealer.store.session() as s:
+            row = s.scalars(select(TransparencyLeaf).where(
+                TransparencyLeaf.leaf_hash == rfc_leaf(forged.encode()).hex())).one()
+            row.body, row.leaf_hash = saved
+            s.execute(delete(TransparencyHead).where(
+                TransparencyHead.tree_size > seen["tree_size"]))
