@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from ca import transparency
-from kakuin import metrics
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +46,8 @@ def refresh(home: Path, peers: Iterable[tuple[str, str]],
         if status.startswith(transparency.INCONSISTENT):
             log.error("transparency log of %s is inconsistent", name,
                       extra={"peer": name, "status": status})
+            from kakuin import metrics  # late: the CLI must not load prometheus_client
+
             metrics.record_transparency_inconsistency(name)
         if kept is not None:
             state[name] = kept
