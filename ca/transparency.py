@@ -170,9 +170,18 @@ def log_key(keys: KeyManager) -> KeyRef:
 
 def publish_head(store: Store, keys: KeyManager, *,
                  timestamp: Callable[[bytes], bytes] | None = None) -> dict[str, Any] | None:
-    """Sequence, then sign a new tree head if the tree grew; returns the latest head."""
-    size = sequence(store)
+    """Sequence, then sign a new tree head if the tree grew; returns the latest head.
+
+    When the audit log moved since the last head, its head also enters the tree as an
+    ``audit-head`` leaf, so every anchored audit head stays provable, not only the newest."""
     latest = latest_head(store)
+    with store.session() as s:
+        audit_row = s.get_one(AuditHead, 1)
+        current = {"seq": audit_row.last_seq, "hash": audit_row.last_hash}
+        if latest is None or latest.get("audit_head") != current:
+            _queue(s, "audit-head", audit_row.last_hash, None,
+                   {"type": "audit-head", **current})
+    size = sequence(store)
     if latest is not None and latest["tree_size"] >= size:
         return latest
     leaves = leaf_hashes(store, size)

@@ -330,7 +330,7 @@ def test_transparency_log_end_to_end(sealer: Env, settings: Any, tmp_path: Path)
                                                          Certificate.der.is_not(None))).all()
     entries = [leaf.body.encode() for leaf in leaves][:head1["tree_size"]]
     assert rfc_mth(entries).hex() == head1["root_hash"]  # recomputed from the leaves alone
-    assert {"seal", "precertificate", "certificate"} <= kinds
+    assert {"seal", "precertificate", "certificate", "audit-head"} <= kinds
     logged = {json.loads(leaf.body)["sha256"] for leaf in leaves if leaf.kind == "certificate"}
     assert {hashlib.sha256(der).hexdigest() for der in issued} <= logged
 
