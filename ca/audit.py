@@ -17,8 +17,8 @@ JSON ``details``. What never goes in: document content or personal data, which i
 
 Limit: whoever can rewrite the whole table *and* the head can forge a consistent chain. The
 log proves integrity against partial tampering and mistakes, not against a database
-administrator; anchoring the head outside the database (signed, published checkpoints) is
-future work.
+administrator by itself; the head goes into every signed transparency tree head
+(``ca.transparency``), so whoever kept an earlier published head catches a rewrite.
 """
 
 from __future__ import annotations

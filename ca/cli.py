@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import getpass
+import hashlib
 import json
 from datetime import datetime
+from pathlib import Path
 from typing import Protocol
 
 import click
+from sqlalchemy import select
 
-from ca import audit, clients, registry, revocation, schoollist
+from ca import audit, clients, registry, revocation, schoollist, transparency
+from ca.errors import CAError
+from ca.models import Organization
 from ca.service import CAService
 from ca.store import Store, current_revision, head_revision, upgrade
 
@@ -93,6 +99,37 @@ def audit_show(obj: HasStore, since: int, limit: int) -> None:
                     ensure_ascii=False,
                 )
             )
+
+
+@audit_group.command("who-sealed")
+@click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False,
+                                                         path_type=Path))
+@click.option("--sha256", "digest", help="The document's SHA-256 (hex) instead of FILE.")
+@click.option("--token", envvar="KAKUIN_TOKEN",
+              help="Act as this API client (its jurisdiction); default: the operator's "
+                   "auditor at the CA host's console.")
+@click.pass_obj
+def audit_who_sealed(obj: HasStore, file: Path | None, digest: str | None,
+                     token: str | None) -> None:
+    """Who sealed FILE (or --sha256): organization, client, actor, time, level, request id."""
+    if (file is None) == (digest is None):
+        raise click.UsageError("give FILE or --sha256, not both")
+    if file is not None:
+        digest = hashlib.sha256(file.read_bytes()).hexdigest()
+    with obj.store.session() as s:
+        if token:
+            principal = clients.authenticate(s, f"Bearer {token}")
+        else:
+            op = s.scalars(select(Organization).where(Organization.kind == "operator")).first()
+            principal = clients.Principal(None, op.id if op else None, "auditor",
+                                          f"console:{getpass.getuser()}", method="cli")
+    try:
+        found = transparency.who_sealed(obj.store, principal, digest or "")
+    except CAError as exc:
+        click.echo(f"error: {exc.detail}", err=True)
+        raise SystemExit(1) from None
+    for event in found:
+        click.echo(json.dumps(event, ensure_ascii=False))
 
 
 @click.group("org")

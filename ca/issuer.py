@@ -28,7 +28,7 @@ from cryptography.x509.oid import AuthorityInformationAccessOID
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from ca import audit, lint
+from ca import audit, lint, transparency
 from ca.errors import CAError, DuplicateEntry
 from ca.faults import pause_point
 from ca.models import Certificate, serial_hex
@@ -349,6 +349,10 @@ def issue(
         row.tbs_der = precert.tbs_certificate_bytes
         row.not_after = precert.not_valid_after_utc
         row.status = "linted"
+        transparency.record_certificate(
+            s, kind="precertificate", der=precert.tbs_certificate_bytes,
+            issuer_name=authority.name, serial=row.serial, subject=row.subject,
+            organization_id=order.organization_id)
         audit.record(
             s,
             actor=actor,
@@ -393,6 +397,9 @@ def issue(
         _still(row, "linted")  # never store a certificate the reconciler declared not issued
         row.der = der
         row.status = "issued"
+        transparency.record_certificate(
+            s, kind="certificate", der=der, issuer_name=authority.name, serial=row.serial,
+            subject=row.subject, organization_id=order.organization_id)
         audit.record(
             s,
             actor=actor,

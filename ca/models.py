@@ -406,3 +406,59 @@ class SchedulerRun(Base):
     finished_at: Mapped[datetime | None]
     outcome: Mapped[str] = mapped_column(String(16), default="running")
     summary: Mapped[str | None] = mapped_column(Text)
+
+
+class SealEvent(Base):
+    """One sealed document (or CSC hash): who, for which organization, when (``ca.transparency``).
+
+    ``actor`` is the school system's pseudonymous staff reference (never in the document);
+    ``salt`` and ``commitment`` tie the event to its public transparency-log leaf without
+    the log revealing ``document_sha256``. Private: read only through jurisdiction checks.
+    """
+
+    __tablename__ = "seal_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    organization_id: Mapped[int] = mapped_column(Integer, index=True)
+    client_id: Mapped[int | None] = mapped_column(Integer)
+    client: Mapped[str] = mapped_column(String(128))
+    actor: Mapped[str | None] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # pdf, json, csc
+    level: Mapped[str | None] = mapped_column(String(16))
+    document_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    salt: Mapped[str] = mapped_column(String(64))
+    commitment: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class TransparencyLeaf(Base):
+    """An entry of the public transparency log (RFC 9162 leaf input = ``body``).
+
+    Queued with ``seq`` NULL in the transaction of the event; the sequencer (under the
+    cluster lease) numbers them 0, 1, 2, ... in id order, so commit order never forks trees.
+    """
+
+    __tablename__ = "transparency_leaves"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int | None] = mapped_column(BigInteger, unique=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    kind: Mapped[str] = mapped_column(String(16))  # precertificate, certificate, seal
+    lookup: Mapped[str] = mapped_column(String(64), index=True)  # commitment / DER SHA-256
+    organization_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    body: Mapped[str] = mapped_column(Text)
+    leaf_hash: Mapped[str] = mapped_column(String(64))
+
+
+class TransparencyHead(Base):
+    """A signed tree head: ``body`` (canonical JSON) as signed, its signature and TSA token."""
+
+    __tablename__ = "transparency_heads"
+
+    tree_size: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    root_hash: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime]
+    body: Mapped[str] = mapped_column(Text)
+    signature: Mapped[bytes] = mapped_column(LargeBinary)
+    timestamp_token: Mapped[bytes | None] = mapped_column(LargeBinary)

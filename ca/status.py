@@ -24,6 +24,7 @@ from ca import audit as _audit
 from ca import crl as _crl
 from ca import ocsp as _ocsp
 from ca import strictjson
+from ca import transparency as _transparency
 from ca.clients import Principal, Unauthenticated, authenticate
 from ca.errors import CAError, Conflict, DuplicateEntry, Forbidden, InvalidRequest, NotFound
 from ca.faults import pause_point
@@ -41,17 +42,20 @@ __all__ = [
     "NotFound",
     "OwnStatus",
     "Principal",
+    "SealReceipt",
     "Store",
     "TsaSerialRegister",
     "Unauthenticated",
     "authenticate_header",
     "ca_chain",
+    "check_actor",
     "consume_token",
     "crl_der",
     "may_seal",
     "ocsp_response_der",
     "pause_point",
     "record",
+    "record_seals",
     "record_tsa_serial",
     "seal_credential",
     "strictjson",
@@ -274,6 +278,53 @@ def record(
             request_id=request_id,
             details=details,
         )
+
+
+SealReceipt = _transparency.SealReceipt
+
+
+def check_actor(actor: str | None) -> str | None:
+    """The optional pseudonymous staff reference (1-64 printable ASCII) or a 422."""
+    return _transparency.check_actor(actor)
+
+
+def record_seals(
+    store: Store,
+    principal: Principal,
+    organization_id: int,
+    digests: list[str],
+    *,
+    kind: str,
+    level: str | None,
+    actor: str | None,
+    request_id: str | None,
+    action: str,
+    object_type: str,
+    object_id: str | None = None,
+    digest: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> list[SealReceipt]:
+    """One seal event per document digest (with its transparency commitment) and one audit
+    entry, in one transaction; the receipts (salt, commitment) go back to the sealer.
+
+    A person signed in (console, OIDC) is the actor when the caller names none."""
+    check_actor(actor)
+    if actor is None and principal.subject is not None:
+        actor = _transparency.actor_from_subject(principal.subject)
+    with store.session() as s:
+        receipts = [
+            _transparency.record_seal(
+                s, principal=principal, organization_id=organization_id, document_sha256=d,
+                kind=kind, level=level, actor=actor, request_id=request_id)
+            for d in digests
+        ]
+        _audit.record(
+            s, actor=principal.actor, action=action, organization_id=organization_id,
+            object_type=object_type, object_id=object_id, digest=digest,
+            request_id=request_id,
+            details={**(details or {}), **({"staff": actor} if actor is not None else {})},
+        )
+    return receipts
 
 
 def consume_token(store: Store, token_id: str, *, purpose: str, expires_at: datetime) -> bool:

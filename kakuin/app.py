@@ -22,7 +22,7 @@ from ca.errors import CAError
 from ca.scheduler import ClusterScheduler
 from hsm.api import HashAlg, KeyRef, SignScheme
 from hsm.errors import HsmError
-from kakuin import homedir, jsonbody, logs, metrics, ratelimit
+from kakuin import homedir, jsonbody, logs, metrics, ratelimit, transparency
 from kakuin.console import views as console
 from kakuin.services import HEALTHCHECK_KEY_LABEL, Services
 from kakuin.settings import Settings, load_settings
@@ -87,6 +87,7 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
                      settings.metrics.token_env)
     app.extensions["signing"] = svc.signing
     app.register_blueprint(signing_api.bp)
+    app.register_blueprint(transparency.bp)  # who sealed this, /transparency/* (issue 15)
     csc_api.init_app(app, CscService(svc.store, svc.keys,
                                      load_sad_key(settings.home / "secrets" / "csc-sad.key")))
     console.init_app(app, settings.console, settings.home)  # / and /console (people)
@@ -237,6 +238,7 @@ def start_maintenance(svc: Services) -> threading.Thread | None:
                     done = svc.ca.maintain()
                     done["trust_lists"] = trustlist.refresh_imported(
                         svc.settings.home, fetch=svc.signing.fetch_trust_list)
+                    done.update(transparency.scheduled(svc))
                     ok = True
                     if any(done[k] for k in ("crls_published", "ocsp_refreshed",
                                              "responder_renewed")):

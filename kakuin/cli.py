@@ -32,6 +32,7 @@ from kakuin.services import (
     prepare_softhsm_token,
 )
 from kakuin.settings import Settings, SettingsError, load_settings
+from kakuin.transparency import transparency_group
 from signing.cli import lta_group, seal_group, trust_group, verify_command
 from signing.errors import SigningError
 from signing.service import SigningService
@@ -106,6 +107,7 @@ main.add_command(seal_group)
 main.add_command(lta_group)
 main.add_command(trust_group)
 main.add_command(verify_command)
+main.add_command(transparency_group)
 
 
 @main.command()

@@ -56,6 +56,14 @@ SCHEDULER_RUNS = Counter("kakuin_scheduler_runs", "Scheduled maintenance runs", 
 SCHEDULER_DURATION = Histogram("kakuin_scheduler_run_duration_seconds",
                                "One scheduled maintenance run", buckets=_LATENCY_BUCKETS)
 
+TRANSPARENCY_INCONSISTENCIES = Counter(
+    "kakuin_transparency_inconsistencies",
+    "Peer transparency logs caught rewriting their history (kakuin.witness)", ["peer"])
+
+
+def record_transparency_inconsistency(peer: str) -> None:
+    TRANSPARENCY_INCONSISTENCIES.labels(peer=peer[:64]).inc()
+
 
 def record_verification(indication: str, document_type: str | None = None) -> None:
     """Count one verification verdict (anonymous traffic is counted here, not stored)."""

@@ -135,25 +135,35 @@ def seal_pdf() -> Response:
         location=request.values.get("location"),
     )
     result = _svc().seal_pdf(principal, _organization(principal), data, options,
-                             request_id=g.get("request_id"))
+                             request_id=g.get("request_id"), actor=request.values.get("actor"))
     response = Response(result.pdf, mimetype="application/pdf")
     response.headers["Content-Disposition"] = 'attachment; filename="sealed.pdf"'
     response.headers["X-Kakuin-Input-SHA256"] = result.input_sha256
     response.headers["X-Kakuin-Output-SHA256"] = result.output_sha256
     response.headers["X-Kakuin-Level"] = result.level
+    _receipt_headers(response, result.receipt)
     return response
+
+
+def _receipt_headers(response: Response, receipt: dict[str, str] | None) -> None:
+    """The transparency receipt: keep the salt with the document to prove its seal event."""
+    if receipt is not None:
+        response.headers["X-Kakuin-Seal-Salt"] = receipt["salt"]
+        response.headers["X-Kakuin-Seal-Commitment"] = receipt["commitment"]
 
 
 @bp.post("/api/v1/seal/json")
 def seal_json() -> Any:
     """The body is the record itself (exactly the JSON text to seal)."""
     principal = _principal()
-    seals = _svc().seal_json(
+    seals, receipts = _svc().seal_json_receipts(
         principal, _organization(principal), [request.get_data(cache=False)],
         level=request.values.get("level", "B-T"), detached=_flag("detached", False),
         names=[request.values["name"]] if "name" in request.values else None,
-        request_id=g.get("request_id"))
-    return jsonify(seals[0])
+        request_id=g.get("request_id"), actor=request.values.get("actor"))
+    response = jsonify(seals[0])
+    _receipt_headers(response, receipts[0])
+    return response
 
 
 @bp.post("/api/v1/seal/json/batch")
@@ -161,11 +171,11 @@ def seal_json_batch() -> Any:
     """``{"records": [...]}``; each record gets its own JAdES signature, in order."""
     principal = _principal()
     records = records_from_batch(request.get_data(cache=False))
-    seals = _svc().seal_json(
+    seals, receipts = _svc().seal_json_receipts(
         principal, _organization(principal), records,
         level=request.values.get("level", "B-T"), detached=_flag("detached", False),
-        request_id=g.get("request_id"))
-    return jsonify({"seals": seals})
+        request_id=g.get("request_id"), actor=request.values.get("actor"))
+    return jsonify({"seals": seals, "receipts": receipts})
 
 
 @bp.get("/trust-list")

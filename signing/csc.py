@@ -342,9 +342,18 @@ class CscService:
         hash_algo: str | None = None,
         sign_algo_params: Any = None,
         request_id: str | None = None,
+        actor: str | None = None,
+        receipts: list[dict[str, str]] | None = None,
     ) -> list[str]:
         """Sign the hashes the SAD authorized, once; signatures as the algorithm produces
-        them (ECDSA: DER ECDSA-Sig-Value), base64. Audited by digest and count only."""
+        them (ECDSA: DER ECDSA-Sig-Value), base64. Audited by digest and count only; each
+        hash is a seal event (with ``actor``) whose receipt is appended to ``receipts``."""
+        if actor is not None and not isinstance(actor, str):
+            raise _invalid("Invalid parameter actor")
+        try:
+            status.check_actor(actor)
+        except status.InvalidRequest:
+            raise _invalid("Invalid parameter actor") from None
         cred = self._resolve(principal, credential_id, "csc.signHash", request_id)
         if not isinstance(sad, str) or not sad:
             raise _invalid("Missing (or invalid type) string parameter SAD")
@@ -371,15 +380,21 @@ class CscService:
         ):
             raise _invalid("Invalid parameter SAD: already used")
         signatures = [self.keys.sign_digest(key_ref, digest, hash_alg, scheme) for digest in raw]
-        status.record(
+        assert cred.organization_id is not None
+        # The seal event names the signed hash (SHA-256 of it when it is longer).
+        done = status.record_seals(
             self.store,
-            actor=principal.actor,
+            principal,
+            cred.organization_id,
+            [d.hex() if len(d) == 32 else hashlib.sha256(d).hexdigest() for d in raw],
+            kind="csc",
+            level=None,
+            actor=actor,
+            request_id=request_id,
             action="csc.signHash",
-            organization_id=cred.organization_id,
             object_type="certificate",
             object_id=cred.serial,
             digest=hashlib.sha256(b"".join(raw)).hexdigest(),
-            request_id=request_id,
             details={
                 "count": len(raw),
                 "hash_algorithm": hash_alg.value,
@@ -387,6 +402,8 @@ class CscService:
                 "sad": claims.id,
             },
         )
+        if receipts is not None:
+            receipts.extend(r.to_dict() for r in done)
         return [base64.b64encode(s).decode() for s in signatures]
 
     # -- internals ----------------------------------------------------------------------

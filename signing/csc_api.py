@@ -159,6 +159,7 @@ def sign_hash(version: str) -> Any:
     body = _body()
     if body.get("operationMode", "S") != "S":
         raise CscError("Invalid parameter operationMode: only synchronous (S) is supported")
+    receipts: list[dict[str, str]] = []
     signatures = _service().sign_hash(
         principal,
         _string(body, "credentialID"),
@@ -168,8 +169,11 @@ def sign_hash(version: str) -> Any:
         hash_algo=_field(body, *_hash_algo_names(version)),
         sign_algo_params=body.get("signAlgoParams"),
         request_id=g.get("request_id"),
+        actor=body.get("actor"),
+        receipts=receipts,
     )
-    return jsonify({"signatures": signatures})
+    # kakuin extension: transparency receipts (salt, commitment), one per hash.
+    return jsonify({"signatures": signatures, "receipts": receipts})
 
 
 @bp.route("/csc/<path:rest>", methods=_ALL_METHODS)

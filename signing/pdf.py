@@ -153,6 +153,8 @@ class SealResult:
     level: str
     signing_time: datetime
     field_name: str
+    # The transparency receipt (salt, commitment) once the seal event is recorded.
+    receipt: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)

@@ -125,7 +125,10 @@ class SigningService:
     # -- PDF ----------------------------------------------------------------------------------
 
     def seal_pdf(self, principal: status.Principal, organization_id: int, document: bytes,
-                 options: pdf.SealOptions, *, request_id: str | None = None) -> pdf.SealResult:
+                 options: pdf.SealOptions, *, request_id: str | None = None,
+                 actor: str | None = None) -> pdf.SealResult:
+        """Seal; ``actor`` (staff reference) is recorded with the event, never in the PDF."""
+        status.check_actor(actor)
         credential = self.credential_for(principal, organization_id, request_id=request_id)
         if options.verify_url is None:
             options = dataclasses.replace(options, verify_url=self.verify_url)
@@ -138,13 +141,13 @@ class SigningService:
                               validation=validation, options=options,
                               max_bytes=self.max_pdf_bytes)
         status.pause_point("seal.signed")  # crash tests: signed in the HSM, not yet audited
-        status.record(self.store, actor=principal.actor, action="seal.pdf",
-                      organization_id=organization_id, object_type="document",
-                      object_id=result.field_name, digest=result.input_sha256,
-                      request_id=request_id,
-                      details={"level": result.level, "output_sha256": result.output_sha256,
-                               "certificate": credential.serial})
-        return result
+        (receipt,) = status.record_seals(
+            self.store, principal, organization_id, [result.input_sha256], kind="pdf",
+            level=result.level, actor=actor, request_id=request_id, action="seal.pdf",
+            object_type="document", object_id=result.field_name, digest=result.input_sha256,
+            details={"level": result.level, "output_sha256": result.output_sha256,
+                     "certificate": credential.serial})
+        return dataclasses.replace(result, receipt=receipt.to_dict())
 
     # -- JSON ---------------------------------------------------------------------------------
 
@@ -152,8 +155,19 @@ class SigningService:
                   records: list[bytes], *, level: str = "B-B", detached: bool = False,
                   names: list[str] | None = None,
                   request_id: str | None = None) -> list[dict[str, Any]]:
-        """Each record gets its own JAdES signature; one audit entry per request whose
-        digest covers the SHA-256 of every record (listed in the entry when few)."""
+        seals, _ = self.seal_json_receipts(principal, organization_id, records, level=level,
+                                           detached=detached, names=names,
+                                           request_id=request_id)
+        return seals
+
+    def seal_json_receipts(
+            self, principal: status.Principal, organization_id: int, records: list[bytes], *,
+            level: str = "B-B", detached: bool = False, names: list[str] | None = None,
+            request_id: str | None = None, actor: str | None = None,
+    ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+        """Each record gets its own JAdES signature and seal event (transparency receipt);
+        one audit entry per request whose digest covers the SHA-256 of every record."""
+        status.check_actor(actor)
         if level not in JSON_LEVELS:
             raise SigningError(f"level must be one of {', '.join(JSON_LEVELS)}")
         credential = self.credential_for(principal, organization_id, request_id=request_id)
@@ -175,11 +189,11 @@ class SigningService:
                                    "certificate": credential.serial, "detached": detached}
         if len(digests) <= 20:
             details["record_sha256"] = digests
-        status.record(self.store, actor=principal.actor, action="seal.json",
-                      organization_id=organization_id, object_type="record-batch",
-                      digest=hashlib.sha256("".join(digests).encode()).hexdigest(),
-                      request_id=request_id, details=details)
-        return seals
+        receipts = status.record_seals(
+            self.store, principal, organization_id, digests, kind="json", level=level,
+            actor=actor, request_id=request_id, action="seal.json", object_type="record-batch",
+            digest=hashlib.sha256("".join(digests).encode()).hexdigest(), details=details)
+        return seals, [r.to_dict() for r in receipts]
 
 
 def records_from_batch(body: bytes) -> list[bytes]:

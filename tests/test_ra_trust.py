@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import json
 import re
@@ -169,6 +170,19 @@ def _new_school_body(w: World, who: str) -> tuple[str, Any, None]:
              "school_code": _school_code(), "board_id": w.env.board_a}, None)
 
 
+_sealed: dict[int, str] = {}
+
+
+def _sealed_by_s1(w: World, who: str) -> tuple[str, Any, None]:
+    """A PDF S1 sealed (once per world): who may trace it back to S1?"""
+    if id(w) not in _sealed:
+        document = guidance_record(pages=1) + f"%{uuid.uuid4().hex}\n".encode()
+        body, ctype = _multipart({"level": "B-B", "actor": "staff-1"}, document)
+        assert _request(w, "POST", "/api/v1/seal/pdf", "own_school", body, ctype) == 200
+        _sealed[id(w)] = hashlib.sha256(document).hexdigest()
+    return f"/api/v1/audit/seals?sha256={_sealed[id(w)]}", None, None
+
+
 def _held(w: World, who: str) -> tuple[str, Any, None]:
     serial = w.certificate()
     status, body = w.call("POST", f"/api/v1/certificates/{serial}/revoke", "operator",
@@ -227,6 +241,10 @@ CASES = [
          lambda w, who: ("/api/v1/seal/pdf",
                          *_multipart({"level": "B-B", "organization_id": str(w.env.school_id)},
                                      guidance_record(pages=1)))),
+    # Who sealed this: the board's officers and auditors, the operator's auditor; elsewhere
+    # the same 404 as for a document never sealed.
+    Case("GET", "/api/v1/audit/seals", "a PDF S1 sealed",
+         "401 401 403 200 200 403 404 404 403 200", _sealed_by_s1),
     # Public: anyone may verify; a token (even a bad one) changes nothing.
     Case("POST", "/api/v1/verify", "not a sealed document",
          "public public public public public public public public public public",

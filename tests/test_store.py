@@ -34,9 +34,9 @@ def _org(**overrides: object) -> Organization:
 def test_upgrade_reaches_head_and_is_idempotent(db_url: str) -> None:
     assert current_revision(db_url) is None
     upgrade(db_url)
-    assert current_revision(db_url) == head_revision() == "0006"
+    assert current_revision(db_url) == head_revision() == "0007"
     upgrade(db_url)
-    assert current_revision(db_url) == "0006"
+    assert current_revision(db_url) == "0007"
 
 
 def test_migrations_go_step_by_step(db_url: str) -> None:
