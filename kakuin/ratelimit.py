@@ -37,7 +37,7 @@ from signing.tsa import TimeStampResponse
 
 log = logging.getLogger("kakuin.ratelimit")
 PROBLEM_TYPE = "urn:kakuin:problem:rate-limited"
-BUCKETS = ("verify", "ocsp", "tsa", "csc_info", "api")
+BUCKETS = ("verify", "ocsp", "tsa", "csc_info", "transparency", "api")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _PAUSE_AFTER_ERROR = 5.0
 """Seconds the storage is not asked again after it failed (a dead Redis costs no latency)."""
@@ -53,6 +53,8 @@ def bucket_of(method: str, path: str) -> str | None:
         return "verify"
     if path in ("/csc/v1/info", "/csc/v2/info"):
         return "csc_info"
+    if path == "/transparency" or path.startswith("/transparency/"):
+        return "transparency"
     if path.startswith(("/api/", "/csc/")):
         return "api"
     return None

@@ -103,6 +103,7 @@ class LimitSettings:
     ocsp: str = "100/second"
     tsa: str = "20/second"
     csc_info: str = "10/second"
+    transparency: str = "10/second;300/minute"
     api: str = "20/second;600/minute"
     storage_url: str = "memory://"
     trusted_proxies: tuple[str, ...] = ()
@@ -262,6 +263,7 @@ def _limit_settings(data: dict[str, Any]) -> LimitSettings:
         ocsp=str(d.get("ocsp", base.ocsp)),
         tsa=str(d.get("tsa", base.tsa)),
         csc_info=str(d.get("csc_info", base.csc_info)),
+        transparency=str(d.get("transparency", base.transparency)),
         api=str(d.get("api", base.api)),
         storage_url=str(d.get("storage_url") or base.storage_url),
         trusted_proxies=_strings(d.get("trusted_proxies", []), "limits.trusted_proxies"),

@@ -27,7 +27,7 @@ from signing.tsa import TimeStampResponse
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 TIGHT = LimitSettings(verify="2/minute", ocsp="2/minute", tsa="2/minute",
-                      csc_info="2/minute", api="2/minute")
+                      csc_info="2/minute", transparency="2/minute", api="2/minute")
 
 
 def serve(settings: Settings, services: Services, limits: LimitSettings,
@@ -133,6 +133,15 @@ def test_csc_info_refusal_is_also_csc_error_json(limited: str) -> None:
         assert call(limited + "/csc/v2/info", data=b"{}", method="POST")[0] == 200
     problem = assert_problem_429(*call(limited + "/csc/v2/info", data=b"{}", method="POST"))
     assert problem["error"] == "rate_limited" and problem["error_description"]
+
+
+def test_transparency_proofs_are_limited_per_address(limited: str) -> None:
+    """Tree heads and proofs are public and cost work that grows with the log."""
+    url = limited + "/transparency/proof/consistency?first=1&second=1"
+    for _ in range(2):
+        assert call(url)[0] not in (429, 500)
+    assert_problem_429(*call(url))
+    assert_problem_429(*call(limited + "/transparency/sth"))
 
 
 def test_api_is_limited_per_token(limited: str) -> None:
