@@ -461,3 +461,86 @@ def kakuin_verdict(directory: Path, file: str) -> tuple[str, str | None]:
     except BadDocument:
         return FAILED, "FORMAT_FAILURE"
     return report.indication, report.sub_indication
+
+
+# -- scoring a vendor's verifier ---------------------------------------------------------------
+
+
+def _parse_verdict(stdout: str) -> tuple[str | None, str | None]:
+    """``indication``/``sub_indication`` of the first JSON object printed (top level)."""
+    start = stdout.find("{")
+    if start < 0:
+        return None, None
+    try:
+        data = json.loads(stdout[start:])
+    except ValueError:
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    ind, sub = data.get("indication"), data.get("sub_indication", data.get("subIndication"))
+    return (ind if isinstance(ind, str) else None), (sub if isinstance(sub, str) else None)
+
+
+def score_verifier(directory: Path, command: str, *, verdict_from: str = "exit",
+                   match: str = "*", timeout: float = 120.0) -> dict[str, Any]:
+    """Run ``command`` (``{file}`` replaced by each vector's path, split like a shell line, no
+    shell) over the corpus and score it per vector.
+
+    ``exit``: exit status 0 means "passed", anything else "not passed"; only pass/fail is
+    scored. ``json``: the first JSON object on stdout gives ``indication`` and
+    ``sub_indication`` (ETSI names), scored too; without one the exit status decides
+    pass/fail. The CA must be served (``serving_ca``) for online revocation.
+    """
+    import fnmatch
+    import shlex
+
+    if verdict_from not in ("exit", "json"):
+        raise ValueError("verdict_from must be 'exit' or 'json'")
+    manifest = json.loads((directory / "manifest.json").read_text())
+    rows: list[dict[str, Any]] = []
+    for v in manifest["vectors"]:
+        if not fnmatch.fnmatch(v["file"], match):
+            continue
+        path = directory / "vectors" / v["file"]
+        argv = [part.replace("{file}", str(path)) for part in shlex.split(command)]
+        started = time.monotonic()
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                                  check=False)
+            code: int | None = proc.returncode
+            stdout, error = proc.stdout, None
+        except subprocess.TimeoutExpired:
+            code, stdout, error = None, "", f"timed out after {timeout:.0f} s"
+        except OSError as exc:
+            code, stdout, error = None, "", str(exc)
+        expected = v["expected"]
+        want_pass = expected["indication"] == PASSED
+        ind, sub = _parse_verdict(stdout) if verdict_from == "json" else (None, None)
+        got_pass = ind == PASSED if ind is not None else code == 0
+        row: dict[str, Any] = {
+            "file": v["file"], "expected": expected, "exit_code": code,
+            "seconds": round(time.monotonic() - started, 3),
+            "passed": got_pass, "pass_fail_agrees": got_pass == want_pass,
+        }
+        if verdict_from == "json":
+            row.update(indication=ind, sub_indication=sub,
+                       indication_agrees=ind == expected["indication"],
+                       sub_indication_agrees=(ind == expected["indication"]
+                                              and sub == expected["sub_indication"]))
+        if error:
+            row["error"] = error
+        rows.append(row)
+
+    def share(key: str) -> dict[str, Any]:
+        good = sum(1 for r in rows if r.get(key))
+        return {"agree": good, "total": len(rows),
+                "percent": round(100.0 * good / len(rows), 1) if rows else 0.0}
+
+    score = {"pass_fail": share("pass_fail_agrees")}
+    if verdict_from == "json":
+        score.update(indication=share("indication_agrees"),
+                     sub_indication=share("sub_indication_agrees"))
+    return {"schema": "kakuin-conformance-verifier-report/1", "command": command,
+            "verdict_from": verdict_from, "corpus_generated_at": manifest.get("generated_at"),
+            "checked_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "score": score, "vectors": rows}

@@ -24,3 +24,37 @@ def vectors_command(directory: Path, port: int | None) -> None:
     manifest = conformance.generate(directory, port=port)
     click.echo(json.dumps({"directory": str(directory), "vectors": len(manifest["vectors"]),
                            "serve": manifest["serve"]}, ensure_ascii=False))
+
+
+@conformance_group.command("verifier")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--cmd", "command", required=True,
+              help="The vendor's verifier; {file} is replaced by each vector's path.")
+@click.option("--verdict-from", type=click.Choice(["exit", "json"]), default="exit",
+              show_default=True, help="exit: status 0 = passed; json: indication on stdout.")
+@click.option("--match", default="*", show_default=True, help="Only vectors matching this glob.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Write the JSON report here (default: stdout).")
+@click.option("--timeout", type=float, default=120.0, show_default=True,
+              help="Seconds per vector.")
+@click.option("--serve-ca/--no-serve-ca", default=True, show_default=True,
+              help="Serve the corpus's CA on its port for online revocation checks.")
+def verifier_command(directory: Path, command: str, verdict_from: str, match: str,
+                     report_path: Path | None, timeout: float, serve_ca: bool) -> None:
+    """Score a vendor's verifier over the corpus; exit 0 only if it agrees on every vector."""
+    if serve_ca:
+        with conformance.serving_ca(directory):
+            report = conformance.score_verifier(directory, command, verdict_from=verdict_from,
+                                                match=match, timeout=timeout)
+    else:
+        report = conformance.score_verifier(directory, command, verdict_from=verdict_from,
+                                            match=match, timeout=timeout)
+    text = json.dumps(report, ensure_ascii=False, indent=2)
+    if report_path is not None:
+        report_path.write_text(text + "\n")
+        click.echo(json.dumps(report["score"]))
+    else:
+        click.echo(text)
+    key = "sub_indication" if verdict_from == "json" else "pass_fail"
+    score = report["score"][key]
+    raise SystemExit(0 if score["total"] and score["agree"] == score["total"] else 1)

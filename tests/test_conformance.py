@@ -6,6 +6,7 @@ on pass/fail for every PDF vector."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -79,3 +80,41 @@ def test_pyhanko_agrees_on_pass_fail(corpus: tuple[Path, dict[str, Any]]) -> Non
         if passed != (v["expected"]["indication"] == "TOTAL-PASSED"):
             disagree[v["file"]] = passed
     assert not disagree
+
+
+def _verifier_cli(directory: Path, *args: str) -> tuple[int, dict[str, Any]]:
+    report = directory.parent / "report.json"
+    env = {**os.environ, "KAKUIN_FETCH_ALLOW_NETWORKS": "127.0.0.0/8"}
+    proc = subprocess.run([sys.executable, "-m", "kakuin", "conformance", "verifier",
+                           str(directory), "--no-serve-ca", "--report", str(report), *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+                          check=False)
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]
+    return proc.returncode, json.loads(report.read_text())
+
+
+def test_verifier_check_scores_a_naive_verifier_down(
+        corpus: tuple[Path, dict[str, Any]]) -> None:
+    """A "verifier" that accepts everything agrees only on the passing vectors."""
+    directory, manifest = corpus
+    code, report = _verifier_cli(directory, "--cmd", "true {file}", "--verdict-from", "exit")
+    failing = {v["file"] for v in manifest["vectors"] if "-fail-" in v["file"]}
+    assert code == 1
+    assert {r["file"] for r in report["vectors"] if not r["pass_fail_agrees"]} == failing
+    score = report["score"]["pass_fail"]
+    assert score["total"] == len(manifest["vectors"])
+    assert score["agree"] == len(manifest["vectors"]) - len(failing)
+
+
+def test_verifier_check_json_verdicts_of_kakuin_cli(corpus: tuple[Path, dict[str, Any]]) -> None:
+    """kakuin's own CLI as the vendor's verifier (its home is the corpus CA's), JSON verdicts,
+    on the failing vectors: every pass/fail agrees, every parsed indication is the expected."""
+    directory, _ = corpus
+    cmd = f"{sys.executable} -m kakuin --home {directory / 'ca'} verify --json {{file}}"
+    code, report = _verifier_cli(directory, "--cmd", cmd, "--verdict-from", "json",
+                                 "--match", "*-fail-*")
+    rows = report["vectors"]
+    assert len(rows) >= 7 and all(r["pass_fail_agrees"] for r in rows), rows
+    parsed = [r for r in rows if r["indication"] is not None]
+    assert len(parsed) >= len(rows) - 1 and all(r["sub_indication_agrees"] for r in parsed), rows
+    assert code == (0 if len(parsed) == len(rows) else 1)
