@@ -49,9 +49,9 @@ PASSED, FAILED, INDET = "TOTAL-PASSED", "TOTAL-FAILED", "INDETERMINATE"
 _SCRUB = ("SOFTHSM2_CONF", "KAKUIN_HOME", "KAKUIN_HSM_PIN", "KAKUIN_DATABASE_URL",
           "KAKUIN_BASE_URL", "KAKUIN_PORT", "KAKUIN_HOST", "KAKUIN_REGION", "KAKUIN_WORKERS")
 MISSING = (
-    "JAdES detached and B-LT; a batch record", "incremental updates that replace or annotate "
+    "JAdES detached", "incremental updates that replace or annotate "
     "page content (overlay only)", "signature wrapping", "look-alike chain with the real names",
-    "revoked after a timestamp", "suspended", "expired without POE", "not yet valid",
+    "expired without POE", "not yet valid",
     "not an e-seal (no QcType)", "wrong key usage", "missing revocation data",
     "broken or foreign timestamp",
 )
@@ -351,19 +351,41 @@ def generate(directory: Path, *, port: int | None = None) -> dict[str, Any]:
             jws[level] = json.loads(raw)
             put(f"jades-pass-{level.lower()}.json", raw, "jades", level, PASSED, None,
                 f"JAdES {level} attached: valid")
-        # Revoked: a second school seals, then its certificate is revoked (key compromise)
-        # with an invalidity date before the seal; B-B, so no proof the seal came earlier.
-        time.sleep(1.1)  # the invalidity date: after the certificate's notBefore, before the seal
+        raw = ca.ok("POST", "/api/v1/seal/json?level=B-LT", school,
+                    body=json.dumps(RECORD, ensure_ascii=False).encode(),
+                    ctype="application/json")
+        put("jades-pass-b-lt.json", raw, "jades", "B-LT", PASSED, None,
+            "JAdES B-LT attached: valid with the embedded revocation data")
+        batch = json.loads(ca.ok("POST", "/api/v1/seal/json/batch?level=B-T", school, {
+            "records": [RECORD, {**RECORD, "氏名": "佐藤 次郎"}]}))["seals"]
+        put("jades-pass-batch-record.json", json.dumps(batch[1], ensure_ascii=False).encode(),
+            "jades", "B-T", PASSED, None, "the second record of a batch seal request: valid")
+        # A second school: a B-T seal, then (after its timestamp) a key compromise dated
+        # later than that timestamp, then a B-B seal after the invalidity date.
+        body, ctype = _multipart({"level": "B-T"}, base_pdf)
+        before = ca.ok("POST", "/api/v1/seal/pdf", doomed, body=body, ctype=ctype)
+        time.sleep(1.1)
         when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         time.sleep(1.1)
         body, ctype = _multipart({"level": "B-B"}, base_pdf)
         revoked = ca.ok("POST", "/api/v1/seal/pdf", doomed, body=body, ctype=ctype)
-        serial = _signer_serial(revoked)
-        ca.ok("POST", f"/api/v1/certificates/{serial}/revoke", officer,
+        ca.ok("POST", f"/api/v1/certificates/{_signer_serial(revoked)}/revoke", officer,
               {"reason": "keyCompromise", "invalidity_date": when})
         put("pades-fail-revoked-before-seal.pdf", revoked, "pades", "B-B", INDET,
             "REVOKED_NO_POE", "B-B seal whose certificate is revoked (key compromise, "
             "invalidity date before the seal); no POE before the revocation")
+        put("pades-pass-revoked-after-timestamp.pdf", before, "pades", "B-T", PASSED, None,
+            "B-T seal whose timestamp predates the key compromise: still valid")
+        # A third school's certificate is suspended (certificateHold) after it sealed.
+        held = _school(ca, officer, "新宿区立第三中学校", "C113210000030")
+        body, ctype = _multipart({"level": "B-B"}, base_pdf)
+        suspended = ca.ok("POST", "/api/v1/seal/pdf", held, body=body, ctype=ctype)
+        ca.ok("POST", f"/api/v1/certificates/{_signer_serial(suspended)}/revoke", officer,
+              {"reason": "certificateHold"})
+        put("pades-fail-suspended.pdf", suspended, "pades", "B-B", INDET, "REVOKED_NO_POE",
+            "B-B seal whose certificate is suspended (certificateHold) after sealing, no POE: "
+            "kakuin reads a hold as a revocation (EN 319 102-1 REVOKED_NO_POE); some "
+            "validators answer TRY_LATER; never a pass either way")
         (directory / "trust-list.jws").write_bytes(ca.ok("GET", "/trust-list"))
     bb = sealed["B-B-True"]
     put("pades-fail-byte-flip.pdf", _flip_content(bb, b"Hanako"), "pades", "B-B", FAILED,
