@@ -566,3 +566,80 @@ def score_verifier(directory: Path, command: str, *, verdict_from: str = "exit",
             "verdict_from": verdict_from, "corpus_generated_at": manifest.get("generated_at"),
             "checked_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "score": score, "vectors": rows}
+
+
+# -- producer check (PDF) ------------------------------------------------------------------------
+
+LEVEL_ORDER = ("B-B", "B-T", "B-LT", "B-LTA")
+_QC_STATEMENTS = "1.3.6.1.5.5.7.1.3"
+_QC_TYPE_DER = bytes.fromhex("060604008e460106")  # OID 0.4.0.1862.1.6 (QcType)
+_QC_ESEAL_DER = bytes.fromhex("060704008e46010602")  # OID 0.4.0.1862.1.6.2 (eseal)
+
+
+def check_producer_pdf(data: bytes, *, level: str = "B-LTA",
+                       require_visible: bool = True) -> dict[str, Any]:
+    """Rules a school's sealed PDF must meet, each with a reason when it fails: PAdES
+    sub-filter, required signed attributes (and no CMS signing-time, PAdES B-B), the visible
+    seal, an e-seal certificate (QcType eseal, organizationIdentifier, keyUsage
+    nonRepudiation), a signature timestamp from B-T, embedded revocation data (DSS) from B-LT,
+    a document timestamp for B-LTA. Trust in the issuer is not a producer rule."""
+    from cryptography import x509
+    from pyhanko.pdf_utils.reader import PdfFileReader
+
+    if level not in LEVEL_ORDER:
+        raise ValueError(f"level must be one of {', '.join(LEVEL_ORDER)}")
+    rank = LEVEL_ORDER.index(level)
+    rules: list[dict[str, Any]] = []
+
+    def rule(name: str, ok: bool, reason: str) -> None:
+        rules.append({"rule": name, "passed": ok, "reason": None if ok else reason})
+
+    reader = PdfFileReader(BytesIO(data), strict=False)
+    seals = [s for s in reader.embedded_signatures if s.sig_object.get("/Type") != "/DocTimeStamp"]
+    if not seals:
+        rule("sealed", False, "the PDF carries no signature")
+        return {"level": level, "passed": False, "rules": rules}
+    sig = seals[0]
+    rule("pades-subfilter", sig.sig_object.get("/SubFilter") == "/ETSI.CAdES.detached",
+         f"/SubFilter is {sig.sig_object.get('/SubFilter')}, not /ETSI.CAdES.detached")
+    signed = {a["type"].native for a in sig.signer_info["signed_attrs"]}
+    missing = {"content_type", "message_digest", "signing_certificate_v2"} - signed
+    rule("signed-attributes", not missing,
+         f"missing signed attributes: {', '.join(sorted(missing))}")
+    rule("no-cms-signing-time", "signing_time" not in signed,
+         "CMS signing-time attribute present (PAdES B-B: the time goes in /M)")
+    rect = [float(x) for x in sig.sig_field.get("/Rect", [0, 0, 0, 0])] if "/Rect" in \
+        sig.sig_field else [0.0, 0.0, 0.0, 0.0]
+    visible = abs(rect[2] - rect[0]) > 1 and abs(rect[3] - rect[1]) > 1
+    if require_visible:
+        rule("visible-seal", visible, "the seal has no visible appearance (zero-size widget)")
+    cert = x509.load_der_x509_certificate(sig.signer_cert.dump())
+    org_id = cert.subject.get_attributes_for_oid(x509.ObjectIdentifier("2.5.4.97"))
+    try:
+        qc = cert.extensions.get_extension_for_oid(x509.ObjectIdentifier(_QC_STATEMENTS))
+        qc_der = qc.value.public_bytes()
+    except x509.ExtensionNotFound:
+        qc_der = b""
+    rule("eseal-qctype", _QC_TYPE_DER in qc_der and _QC_ESEAL_DER in qc_der,
+         "the certificate has no QcType eseal (0.4.0.1862.1.6.2)")
+    rule("eseal-organization-identifier", bool(org_id),
+         "the certificate's subject has no organizationIdentifier (2.5.4.97)")
+    try:
+        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        non_rep = ku.content_commitment
+    except x509.ExtensionNotFound:
+        non_rep = False
+    rule("eseal-key-usage", non_rep, "keyUsage lacks nonRepudiation (contentCommitment)")
+    if rank >= 1:
+        unsigned = {a["type"].native for a in sig.signer_info["unsigned_attrs"] or []}
+        rule("signature-timestamp", "signature_time_stamp_token" in unsigned,
+             f"claimed {level} but the seal carries no signature timestamp")
+    if rank >= 2:
+        rule("revocation-data", "/DSS" in reader.root,
+             f"claimed {level} but there is no /DSS with validation data")
+    if rank >= 3:
+        doc_ts = [s for s in reader.embedded_signatures
+                  if s.sig_object.get("/Type") == "/DocTimeStamp"]
+        rule("document-timestamp", bool(doc_ts),
+             f"claimed {level} but there is no document timestamp")
+    return {"level": level, "passed": all(r["passed"] for r in rules), "rules": rules}

@@ -58,3 +58,19 @@ def verifier_command(directory: Path, command: str, verdict_from: str, match: st
     key = "sub_indication" if verdict_from == "json" else "pass_fail"
     score = report["score"][key]
     raise SystemExit(0 if score["total"] and score["agree"] == score["total"] else 1)
+
+
+@conformance_group.command("producer")
+@click.argument("files", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--level", type=click.Choice(list(conformance.LEVEL_ORDER)), default="B-LTA",
+              show_default=True, help="The PAdES level the producer claims.")
+@click.option("--visible/--no-visible", default=True, show_default=True,
+              help="Require the visible seal.")
+def producer_command(files: tuple[Path, ...], level: str, visible: bool) -> None:
+    """Check sealed PDFs a vendor's system produced against the profile; exit 0 if all pass."""
+    results = {str(f): conformance.check_producer_pdf(f.read_bytes(), level=level,
+                                                      require_visible=visible)
+               for f in files}
+    click.echo(json.dumps(results, ensure_ascii=False, indent=2))
+    raise SystemExit(0 if all(r["passed"] for r in results.values()) else 1)

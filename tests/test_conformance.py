@@ -131,3 +131,27 @@ def test_verifier_check_json_verdicts_of_kakuin_cli(corpus: tuple[Path, dict[str
     parsed = [r for r in rows if r["indication"] is not None]
     assert len(parsed) >= len(rows) - 1 and all(r["sub_indication_agrees"] for r in parsed), rows
     assert code == (0 if len(parsed) == len(rows) else 1)
+
+
+def test_producer_check_passes_kakuin_and_fails_plain_pyhanko(
+        corpus: tuple[Path, dict[str, Any]]) -> None:
+    """kakuin's B-LTA visible seal meets every rule; a PDF sealed by plain pyHanko with a
+    self-made certificate fails with the right reasons (no QcType eseal, no visible seal, none
+    of the B-T/B-LT/B-LTA material), and claiming less than delivered is what is checked."""
+    directory, _ = corpus
+    good = directory / "vectors" / "pades-pass-b-lta-visible.pdf"
+    plain = directory / "vectors" / "pades-fail-unknown-anchor.pdf"
+    proc = subprocess.run([sys.executable, "-m", "kakuin", "conformance", "producer",
+                           "--level", "B-LTA", str(good), str(plain)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    results = json.loads(proc.stdout)
+    assert results[str(good)]["passed"] is True
+    failed = {r["rule"]: r["reason"] for r in results[str(plain)]["rules"] if not r["passed"]}
+    assert set(failed) == {"visible-seal", "eseal-qctype", "signature-timestamp",
+                           "revocation-data", "document-timestamp"}, failed
+    assert all(failed.values())
+    bt = (directory / "vectors" / "pades-pass-b-t-visible.pdf").read_bytes()
+    assert conformance.check_producer_pdf(bt, level="B-T")["passed"] is True
+    assert {r["rule"] for r in conformance.check_producer_pdf(bt, level="B-LT")["rules"]
+            if not r["passed"]} == {"revocation-data"}
