@@ -27,7 +27,7 @@ def vectors_command(directory: Path, port: int | None) -> None:
 
 
 @conformance_group.command("verifier")
-@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--cmd", "command", required=True,
               help="The vendor's verifier; {file} is replaced by each vector's path.")
 @click.option("--verdict-from", type=click.Choice(["exit", "json"]), default="exit",
@@ -42,6 +42,8 @@ def vectors_command(directory: Path, port: int | None) -> None:
 def verifier_command(directory: Path, command: str, verdict_from: str, match: str,
                      report_path: Path | None, timeout: float, serve_ca: bool) -> None:
     """Score a vendor's verifier over the corpus; exit 0 only if it agrees on every vector."""
+    if not (directory / "manifest.json").is_file():
+        raise click.ClickException(f"{directory}: no manifest.json (kakuin conformance vectors)")
     if serve_ca:
         with conformance.serving_ca(directory):
             report = conformance.score_verifier(directory, command, verdict_from=verdict_from,
