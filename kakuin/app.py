@@ -22,7 +22,7 @@ from ca.errors import CAError
 from ca.scheduler import ClusterScheduler
 from hsm.api import HashAlg, KeyRef, SignScheme
 from hsm.errors import HsmError
-from kakuin import homedir, jsonbody, logs, metrics, ratelimit, transparency
+from kakuin import conformance_api, homedir, jsonbody, logs, metrics, ratelimit, transparency
 from kakuin.console import views as console
 from kakuin.services import HEALTHCHECK_KEY_LABEL, Services
 from kakuin.settings import Settings, load_settings
@@ -88,6 +88,7 @@ def create_app(settings: Settings | None = None, svc: Services | None = None) ->
     app.extensions["signing"] = svc.signing
     app.register_blueprint(signing_api.bp)
     app.register_blueprint(transparency.bp)  # who sealed this, /transparency/* (issue 15)
+    app.register_blueprint(conformance_api.bp)  # vendors' producer check (issue 14)
     csc_api.init_app(app, CscService(svc.store, svc.keys,
                                      load_sad_key(settings.home / "secrets" / "csc-sad.key")))
     console.init_app(app, settings.console, settings.home)  # / and /console (people)

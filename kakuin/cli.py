@@ -23,6 +23,7 @@ from ca.service import CAService
 from ca.store import Store, upgrade
 from hsm.api import HashAlg, KeyAlgorithm, SignScheme
 from hsm.errors import HsmError, HsmKeyNotFound
+from kakuin.conformance_cli import conformance_group
 from kakuin.homedir import PRIVATE_UMASK, metrics_dir, secure_home
 from kakuin.services import (
     HEALTHCHECK_KEY_LABEL,
@@ -108,6 +109,7 @@ main.add_command(lta_group)
 main.add_command(trust_group)
 main.add_command(verify_command)
 main.add_command(transparency_group)
+main.add_command(conformance_group)
 
 
 @main.command()

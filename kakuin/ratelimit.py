@@ -49,8 +49,8 @@ def bucket_of(method: str, path: str) -> str | None:
         return "ocsp"
     if path == "/tsa":
         return "tsa"
-    if path in ("/verify", "/api/v1/verify"):
-        return "verify"
+    if path in ("/verify", "/api/v1/verify", "/api/v1/conformance/producer"):
+        return "verify"  # anonymous document checks: one budget per address
     if path in ("/csc/v1/info", "/csc/v2/info"):
         return "csc_info"
     if path == "/transparency" or path.startswith("/transparency/"):

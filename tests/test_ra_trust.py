@@ -249,6 +249,9 @@ CASES = [
     Case("POST", "/api/v1/verify", "not a sealed document",
          "public public public public public public public public public public",
          lambda w, who: ("/api/v1/verify", {"not": "sealed"}, None)),
+    Case("POST", "/api/v1/conformance/producer", "not a sealed document",
+         "public public public public public public public public public public",
+         lambda w, who: ("/api/v1/conformance/producer", {"not": "sealed"}, None)),
 ]
 
 
