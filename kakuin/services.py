@@ -196,4 +196,4 @@ def verify_limits(settings: Settings) -> Limits:
     return Limits(max_signatures=v.max_signatures, max_revisions=v.max_revisions,
                   max_objects=v.max_objects, max_pages=v.max_pages, max_nesting=v.max_nesting,
                   time_budget=v.time_budget_seconds,
-                  diff_analysis=v.diff_analysis if v.diff_analysis == "full" else "chained")
+                  diff_analysis=v.diff_analysis)

@@ -133,6 +133,12 @@ class VerifySettings:
     status_cache_seconds: float = 300.0
     status_cache_entries: int = 512
 
+    def __post_init__(self) -> None:
+        # A typo must not silently pick a review mode: the two differ in cost and strictness.
+        if self.diff_analysis not in ("chained", "full"):
+            raise ValueError(f"verify.diff_analysis must be 'chained' or 'full', "
+                             f"not {self.diff_analysis!r}")
+
 
 @dataclass(frozen=True)
 class FetchSettings:

@@ -574,3 +574,14 @@ def test_limits_refuse_before_work_and_budget_gives_a_verdict(kit: Kit) -> None:
     report = kit.verify(three, limits=Limits(time_budget=0))
     assert report.indication == INDETERMINATE
     assert all("time budget" in s.checks[-1].detail for s in report.signatures), report
+
+
+def test_unknown_diff_analysis_is_a_settings_error(tmp_path: Any) -> None:
+    """A typo in [verify] diff_analysis stops start-up instead of choosing a mode silently."""
+    from kakuin.settings import SettingsError, load_settings
+
+    (tmp_path / "kakuin.toml").write_text('[verify]\ndiff_analysis = "ful"\n')
+    with pytest.raises(SettingsError, match="diff_analysis"):
+        load_settings(tmp_path)
+    (tmp_path / "kakuin.toml").write_text('[verify]\ndiff_analysis = "full"\n')
+    assert load_settings(tmp_path).verify.diff_analysis == "full"
