@@ -1,8 +1,7 @@
 """Hostile documents for the verifier, made here: what an anonymous uploader can send.
 
-- ``pdf_from_objects``: a hand-written PDF from object bodies (for reference loops and the
-  like, which no PDF library writes on purpose);
-- ``reference_loops``: PDFs whose objects refer to themselves or each other in circles;
+- ``reference_loops``: PDFs whose objects refer to themselves or each other in circles (written
+  with ``tests.fixtures_pdf.pdf_from_objects``: no PDF library writes them on purpose);
 - ``self_signed_pile``: a PDF padded to ``size`` bytes carrying ``count`` signatures made with a
   self-signed key (no kakuin involved), each in its own incremental update;
 - ``dss_flips``: a sealed PDF with one byte changed inside each of its embedded revocation
@@ -29,22 +28,7 @@ from pyhanko.sign import signers
 from pyhanko.sign.fields import SigFieldSpec, append_signature_field
 from pyhanko_certvalidator.registry import SimpleCertificateStore
 
-from tests.fixtures_pdf import minimal_pdf
-
-
-def pdf_from_objects(objects: list[bytes], root: int = 1) -> bytes:
-    out = bytearray(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % off for off in offsets)
-    out += b"trailer\n<< /Size %d /Root %d 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1, root, xref)
-    return bytes(out)
-
+from tests.fixtures_pdf import minimal_pdf, pdf_from_objects
 
 _SIG_V = (b"<< /Type /Sig /Filter /Adobe.PPKLite /SubFilter /ETSI.CAdES.detached "
           b"/ByteRange [0 10 20 10] /Contents <3082> >>")
